@@ -1,0 +1,1 @@
+"""hessian_core: exact, verified Hessian spectra of small neural networks."""
