@@ -6,6 +6,7 @@ the uninterrupted run would have: the same mini-batches, the same optimiser stat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -70,7 +71,8 @@ def train_sgd_with_checkpoints(
     """Mini-batch SGD with momentum on cross-entropy, saving the model at every checkpoint step.
 
     Checkpoint ``s`` is the state after ``s`` optimiser steps; it is saved to ``store`` as ``checkpoint_{s:07d}``
-    with the model and optimiser state and ``on_checkpoint(s, model)``'s dict (e.g. losses and accuracies). If
+    with the model and optimiser state and a record: ``step``, ``train_seconds`` (time spent in optimiser steps
+    up to ``s``, summed across resumptions) and ``on_checkpoint(s, model)``'s dict (e.g. accuracies). If
     the store already holds checkpoints, training resumes from the latest one instead of starting over; if it
     holds the last, nothing is trained. The model is left with the last checkpoint's parameters.
 
@@ -91,15 +93,15 @@ def train_sgd_with_checkpoints(
         raise ValueError(f"checkpoint_steps must lie in [0, {total}] (epochs * steps per epoch)")
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     done = [s for s in steps if store.exists(f"checkpoint_{s:07d}")]
-    step = 0
+    step, seconds = 0, 0.0
     if done:
         state = store.load(f"checkpoint_{done[-1]:07d}")
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
-        step = done[-1]
+        step, seconds = done[-1], state["record"]["train_seconds"]
 
     def save(at: int) -> None:
-        record = {"step": at, **(on_checkpoint(at, model) if on_checkpoint else {})}
+        record = {"step": at, "train_seconds": seconds, **(on_checkpoint(at, model) if on_checkpoint else {})}
         store.save(f"checkpoint_{at:07d}",
                    {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "record": record})
 
@@ -108,6 +110,7 @@ def train_sgd_with_checkpoints(
     model.train()
     with tqdm(total=total, initial=step, desc="training", disable=not progress) as bar:
         while step < steps[-1]:
+            started = time.perf_counter()
             epoch, offset = divmod(step, steps_per_epoch)
             order = epoch_permutation(n, seed, epoch)
             idx = order[offset * batch_size:(offset + 1) * batch_size]
@@ -115,6 +118,7 @@ def train_sgd_with_checkpoints(
             nn.functional.cross_entropy(model(inputs[idx]), labels[idx]).backward()
             optimiser.step()
             step += 1
+            seconds += time.perf_counter() - started
             bar.update(1)
             if step in steps:
                 save(step)

@@ -1,0 +1,224 @@
+"""Figures shared by the book's chapters (matplotlib; seaborn styling where it helps)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from scipy.cluster import hierarchy
+
+from .dendrogram import cluster_counts
+
+__all__ = [
+    "plot_signed_spectrum",
+    "plot_cluster_counts",
+    "plot_truncated_dendrogram",
+    "plot_spectrum_evolution",
+    "plot_cluster_heatmap",
+    "plot_gap_barcode",
+    "plot_summary",
+    "save_dendrogram_gif",
+    "plot_conv_filters",
+]
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (6, 3.5)) -> Axes:
+    return plt.subplots(figsize=figsize)[1] if ax is None else ax
+
+
+def plot_signed_spectrum(eigenvalues: np.ndarray, *, ax: Axes | None = None, floor: float = 1e-10,
+                         label: str | None = None) -> Axes:
+    """Sorted eigenvalues on a symmetric log scale (positive up, negative down), by rank.
+
+    Args:
+        eigenvalues: ``ndarray[n]``.
+        floor: linear range of the symlog axis, below which values are drawn linearly.
+    """
+    ax = _axes(ax)
+    lam = np.sort(np.asarray(eigenvalues, dtype=float))
+    ax.plot(np.arange(len(lam)), lam, lw=1.2, label=label)
+    ax.set_yscale("symlog", linthresh=floor)
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.set_xlabel("rank (ascending)")
+    ax.set_ylabel("eigenvalue λ (symlog)")
+    return ax
+
+
+def plot_cluster_counts(spectra: Sequence[np.ndarray], eps: np.ndarray, *, labels: Sequence[str] | None = None,
+                        ax: Axes | None = None) -> Axes:
+    """n(ε) curves, one per spectrum, on log–log axes.
+
+    Args:
+        spectra: eigenvalue arrays.
+        eps: ``ndarray[m]`` resolutions (positive).
+        labels: legend entry per spectrum.
+    """
+    ax = _axes(ax)
+    for i, lam in enumerate(spectra):
+        ax.plot(eps, cluster_counts(lam, eps), lw=1.4, label=None if labels is None else labels[i])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("resolution ε")
+    ax.set_ylabel("clusters n(ε)")
+    if labels is not None:
+        ax.legend(frameon=False)
+    return ax
+
+
+def plot_truncated_dendrogram(linkage: np.ndarray, *, top: int = 30, ax: Axes | None = None,
+                              log_height: bool = True) -> Axes:
+    """A dendrogram truncated to its last ``top`` merges (``scipy`` ``truncate_mode="lastp"``).
+
+    Leaves show the number of eigenvalues (or parameters) they hold, in parentheses.
+    """
+    ax = _axes(ax, (7, 3.5))
+    Z = np.array(linkage, dtype=float, copy=True)
+    if log_height:
+        # Heights span many decades; plot log10(1 + h/h_min) so the small merges stay visible.
+        positive = Z[:, 2][Z[:, 2] > 0]
+        h0 = positive.min() if positive.size else 1.0
+        Z[:, 2] = np.log10(1 + Z[:, 2] / h0)
+    hierarchy.dendrogram(Z, truncate_mode="lastp", p=top, ax=ax, color_threshold=0, above_threshold_color="k",
+                         leaf_rotation=90, leaf_font_size=7)
+    ax.set_ylabel("log10(1 + height / min height)" if log_height else "merge height")
+    return ax
+
+
+def plot_spectrum_evolution(steps: Sequence[int], spectra: Sequence[np.ndarray], *, n_lines: int = 20,
+                            ax: Axes | None = None, floor: float = 1e-6) -> Axes:
+    """Eigenvalue trajectories over training: the ``n_lines`` largest positive eigenvalues and the ``n_lines``
+    largest-magnitude negative ones (as ``|λ|``, dashed), on a log axis, against the training step.
+
+    Args:
+        steps: training step of each spectrum (``0`` is drawn at ``1`` on the log step axis).
+        spectra: ascending eigenvalue arrays, one per step.
+    """
+    ax = _axes(ax, (7, 4))
+    x = np.maximum(np.asarray(steps, dtype=float), 1)
+    top = np.array([np.sort(s)[::-1][:n_lines] for s in spectra])  # [T, n_lines], largest first
+    bottom = np.array([np.sort(s)[:n_lines] for s in spectra])  # most negative first
+    palette = plt.cm.viridis(np.linspace(0, 0.9, n_lines))
+    for i in range(n_lines):
+        ax.plot(x, np.where(top[:, i] > floor, top[:, i], np.nan), color=palette[i], lw=1)
+        ax.plot(x, np.where(-bottom[:, i] > floor, -bottom[:, i], np.nan), color=palette[i], lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("eigenvalue (solid λ > 0, dashed |λ| for λ < 0)")
+    return ax
+
+
+def plot_cluster_heatmap(steps: Sequence[int], spectra: Sequence[np.ndarray], eps: np.ndarray, *,
+                         ax: Axes | None = None) -> Axes:
+    """n(ε) over training as a heatmap: rows log ε, columns checkpoints, log colour scale."""
+    import matplotlib.colors as mcolors
+
+    ax = _axes(ax, (8, 4))
+    counts = np.array([cluster_counts(s, eps) for s in spectra]).T  # [len(eps), T]
+    mesh = ax.pcolormesh(np.arange(len(steps) + 1), _edges(np.log10(eps)), counts,
+                         norm=mcolors.LogNorm(vmin=1, vmax=max(2, counts.max())), cmap="magma", shading="flat")
+    plt.colorbar(mesh, ax=ax, label="clusters n(ε)")
+    ax.set_xticks(np.arange(len(steps)) + 0.5)
+    ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint (training step)")
+    ax.set_ylabel("log10 ε")
+    return ax
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centres (for pcolormesh)."""
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
+
+
+def plot_gap_barcode(steps: Sequence[int], gaps: Sequence[np.ndarray], *, ax: Axes | None = None) -> Axes:
+    """The top spectral gaps at each checkpoint: a vertical bar from the lower to the upper eigenvalue of each gap
+    (symlog axis), the widest gap darkest.
+
+    Args:
+        gaps: per checkpoint, ``ndarray[top, 3]`` of ``(gap, lower, upper)`` from
+            :func:`hessian_core.spectral_gaps` (largest first).
+    """
+    ax = _axes(ax, (8, 4))
+    for t, g in enumerate(gaps):
+        for rank, (_, lo, hi) in enumerate(g):
+            ax.plot([t, t], [lo, hi], lw=6, solid_capstyle="butt",
+                    color=plt.cm.Blues(1 - 0.7 * rank / max(1, len(g) - 1)), alpha=0.9)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xticks(np.arange(len(steps)))
+    ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint (training step)")
+    ax.set_ylabel("gap span [lower λ, upper λ] (symlog)")
+    return ax
+
+
+def plot_summary(steps: Sequence[int], series: dict[str, Sequence[float]], *, log: Sequence[str] = (),
+                 ncols: int = 3, mark_step: float | None = None) -> plt.Figure:
+    """Small multiples of named quantities over training (log step axis; ``log`` names get a log y axis).
+
+    ``mark_step`` draws a vertical line (e.g. a transition) in every panel.
+    """
+    names = list(series)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False)
+    x = np.maximum(np.asarray(steps, dtype=float), 1)
+    for ax, name in zip(axes.flat, names):
+        ax.plot(x, series[name], marker="o", ms=3, lw=1.2)
+        ax.set_xscale("log")
+        if name in log:
+            ax.set_yscale("log")
+        if mark_step is not None:
+            ax.axvline(max(mark_step, 1), color="C3", lw=1, ls=":")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def save_dendrogram_gif(path: str, steps: Sequence[int], spectra: Sequence[np.ndarray], *, top: int = 30,
+                        fps: float = 2.0) -> str:
+    """An animated GIF of the truncated spectral dendrogram over checkpoints (matplotlib's Pillow writer).
+
+    The height axis is fixed across frames (log10 of merge height), so frames are comparable.
+    """
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    from .dendrogram import eigen_linkage
+
+    linkages = [eigen_linkage(s) for s in spectra]
+    heights = np.concatenate([Z[-top:, 2] for Z in linkages])
+    lo = np.log10(max(heights[heights > 0].min(), 1e-12)) if (heights > 0).any() else -12
+    hi = np.log10(max(heights.max(), 1e-12)) + 0.2
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+
+    def draw(i: int) -> None:
+        ax.clear()
+        Z = linkages[i].copy()
+        Z[:, 2] = np.log10(np.maximum(Z[:, 2], 10**lo)) - lo
+        hierarchy.dendrogram(Z, truncate_mode="lastp", p=top, ax=ax, color_threshold=0,
+                             above_threshold_color="k", no_labels=True)
+        ax.set_ylim(0, hi - lo)
+        ax.set_ylabel(f"log10 height + {-lo:.0f}")
+        ax.set_title(f"step {steps[i]}: last {top} merges")
+
+    animation = FuncAnimation(fig, draw, frames=len(linkages))
+    animation.save(path, writer=PillowWriter(fps=fps))
+    plt.close(fig)
+    return path
+
+
+def plot_conv_filters(weight: np.ndarray, *, ncols: int = 8) -> plt.Figure:
+    """First-layer convolution filters ``weight: [out, 1, k, k]`` as images (diverging colours, shared scale)."""
+    w = np.asarray(weight)[:, 0]
+    nrows = -(-len(w) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.2 * nrows), squeeze=False)
+    bound = np.abs(w).max()
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, filt in zip(axes.flat, w):
+        ax.imshow(filt, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    return fig
