@@ -2,9 +2,9 @@
 
 Seed method: vmap of forward-over-reverse HVPs (``jvp(grad(loss))``) over one-hot chunks of 64, then symmetrised.
 Ours: ``hessian_core.full_hessian`` (``"structured"``, chosen by ``"auto"`` for this model) and, for reference,
-our generic ``"rows"`` path (cached gradient graph + batched double backward).
+our generic ``"rows"`` path (cached gradient graph + batched double backward) with ``--with-rows``.
 
-    python benchmarks/bench_full_hessian.py [--n-images 50] [--repeats 1] [--data-dir ../shared/data/mnist]
+    python benchmarks/bench_full_hessian.py [--n-images 50] [--repeats 1] [--with-rows] [--data-dir DIR]
 
 Prints times, the ratio seed/ours (goal: >= 2x) and the largest entry difference (goal: <= 1e-10).
 """
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "../shared/data/mnist"))
-    parser.add_argument("--skip-rows", action="store_true", help="skip our generic rows path")
+    parser.add_argument("--with-rows", action="store_true",
+                        help="also time our generic rows path (slow: one double backward per parameter)")
     args = parser.parse_args()
 
     print(f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}")
@@ -85,7 +86,7 @@ def main() -> None:
 
     t_ours, H_ours = timed(lambda: full_hessian(model, loss_fn, batch, progress=False), args.repeats)
     rows = []
-    if not args.skip_rows:
+    if args.with_rows:
         t_rows, H_rows = timed(lambda: full_hessian(model, loss_fn, batch, method="rows", progress=False),
                                args.repeats)
         rows.append(("ours, generic rows (double backward)", t_rows, (H_rows - H_ours).abs().max().item()))

@@ -1,0 +1,335 @@
+"""Tests for ``hessian_core.krylov`` against independent references.
+
+References: ``numpy.linalg.eigvalsh``/``eigh`` of the dense matrix (not the planted spectrum the matrix was built
+from), exact traces, planted spectra with a Haar-random eigenbasis, and scipy's ARPACK ``eigsh`` for HVP counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
+
+from hessian_core.krylov import (
+    LanczosConvergenceError,
+    hutchinson_trace,
+    lanczos,
+    lanczos_solve,
+    spectral_density,
+    top_eigenvalue,
+)
+
+
+def planted(spectrum: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``A = Q diag(spectrum) Q^T`` with Haar-random orthogonal ``Q``; returns ``(A, Q)``."""
+    rng = np.random.default_rng(seed)
+    size = len(spectrum)
+    q, r = np.linalg.qr(rng.standard_normal((size, size)))
+    q *= np.sign(np.diag(r))
+    matrix = (q * spectrum) @ q.T
+    return 0.5 * (matrix + matrix.T), q
+
+
+class CountingOperator(LinearOperator):
+    """Symmetric LinearOperator around a dense matrix that counts applied vectors."""
+
+    def __init__(self, matrix: np.ndarray):
+        super().__init__(np.float64, matrix.shape)
+        self.matrix = matrix
+        self.count = 0
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        self.count += 1
+        return self.matrix @ x
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        self.count += X.shape[1]
+        return self.matrix @ X
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+
+def reference_ends(matrix: np.ndarray, k: int, which: str) -> np.ndarray:
+    values = np.linalg.eigvalsh(matrix)
+    return {"largest": values[-k:], "smallest": values[:k], "both": np.r_[values[:k], values[-k:]]}[which]
+
+
+def check_pairs(matrix: np.ndarray, values: np.ndarray, vectors: np.ndarray, bound: float) -> None:
+    """Residuals ``||A v - lambda v|| <= bound`` and orthonormal columns."""
+    residuals = np.linalg.norm(matrix @ vectors - vectors * values, axis=0)
+    assert residuals.max() <= bound
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(len(values)), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lanczos: accuracy against eigvalsh
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indefinite() -> tuple[np.ndarray, np.ndarray]:
+    """A planted indefinite matrix (bulk N(0, 1), separated extremes at both ends) and its eigvalsh."""
+    rng = np.random.default_rng(0)
+    spectrum = np.r_[rng.normal(0.0, 1.0, 290), [6.0, 4.5, -5.0, -3.5], rng.uniform(-8, -6, 6)]
+    matrix, _ = planted(spectrum, seed=1)
+    return matrix, np.linalg.eigvalsh(matrix)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_lanczos_matches_eigvalsh_on_indefinite_spectrum(which, indefinite):
+    matrix, exact = indefinite
+    k, tol = 8, 1e-9
+    result = lanczos_solve(aslinearoperator(matrix), k, which=which, tol=tol, return_vectors=True,
+                           progress=False)
+    reference = {"largest": exact[-k:], "smallest": exact[:k], "both": np.r_[exact[:k], exact[-k:]]}[which]
+    scale = np.abs(exact).max()
+    assert result.eigenvalues.shape == reference.shape
+    assert np.all(np.diff(result.eigenvalues) >= 0)  # ascending
+    np.testing.assert_allclose(result.eigenvalues, reference, rtol=0, atol=1e-8 * scale)
+    # The stopping rule: every returned pair meets ||A y - theta y|| <= tol * max|theta| (checked here with
+    # the dense matrix, independently of the solver's own residuals).
+    check_pairs(matrix, result.eigenvalues, result.eigenvectors, tol * scale * 1.0001)
+    assert np.all(result.residual_norms <= result.threshold)
+    assert result.n_matvecs < 150  # far from filling the whole space (P = 300)
+
+
+def test_lanczos_resolves_near_degenerate_extremes():
+    """Extremes 1e-6 apart must be resolved individually, with the right eigenvectors."""
+    rng = np.random.default_rng(2)
+    top = 3.0 - np.array([0.0, 1e-6, 2e-6])
+    bottom = -2.0 + np.array([0.0, 1e-6])
+    spectrum = np.r_[top, bottom, rng.uniform(-1, 1, 245)]
+    matrix, basis = planted(spectrum, seed=3)
+    values, vectors = lanczos(matrix, 3, which="both", tol=1e-10, return_vectors=True, progress=False)
+    reference = reference_ends(matrix, 3, "both")
+    np.testing.assert_allclose(values, reference, rtol=0, atol=1e-9 * 3.0)
+    np.testing.assert_allclose(np.diff(values[-3:]), [1e-6, 1e-6], rtol=1e-3)  # gaps resolved
+    np.testing.assert_allclose(values[1] - values[0], 1e-6, rtol=1e-3)
+    check_pairs(matrix, values, vectors, 1e-10 * 3.0 * 1.0001)
+    # Each vector lies in its own eigenline: overlap with the planted eigenvector ~ 1. With gap 1e-6 and
+    # residual <= 3e-10, the angle is at most residual / gap = 3e-4.
+    planted_top = basis[:, [2, 1, 0]]  # eigenvalues 3 - 2e-6, 3 - 1e-6, 3 (ascending)
+    overlaps = np.abs(np.sum(planted_top * vectors[:, -3:], axis=0))
+    assert overlaps.min() > 1 - 1e-6
+
+
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_lanczos_returns_exact_multiplicity_at_both_ends(block_size):
+    """Multiplicity 8 at the top and 6 at the bottom, both larger than the block size."""
+    rng = np.random.default_rng(4)
+    spectrum = np.r_[[5.0] * 8, [-4.0] * 6, rng.uniform(-1, 1, 236)]
+    matrix, basis = planted(spectrum, seed=5)
+    k = 10
+    result = lanczos_solve(matrix, k, which="both", block_size=block_size, return_vectors=True, progress=False)
+    reference = reference_ends(matrix, k, "both")
+    np.testing.assert_allclose(result.eigenvalues, reference, rtol=0, atol=1e-8 * 5.0)
+    assert np.sum(np.isclose(result.eigenvalues, 5.0, atol=1e-7)) == 8
+    assert np.sum(np.isclose(result.eigenvalues, -4.0, atol=1e-7)) == 6
+    check_pairs(matrix, result.eigenvalues, result.eigenvectors, 1e-8 * 5.0 * 1.0001)
+    # The returned vectors span the whole planted eigenspaces: ||E^T Y||_F^2 = dimension when span Y = span E.
+    top_vectors = result.eigenvectors[:, np.isclose(result.eigenvalues, 5.0, atol=1e-7)]
+    bottom_vectors = result.eigenvectors[:, np.isclose(result.eigenvalues, -4.0, atol=1e-7)]
+    assert np.linalg.norm(basis[:, :8].T @ top_vectors) ** 2 == pytest.approx(8, abs=1e-10)
+    assert np.linalg.norm(basis[:, 8:14].T @ bottom_vectors) ** 2 == pytest.approx(6, abs=1e-10)
+    assert result.n_restarts >= 1 and set(result.settled_by) == {"largest", "smallest"}
+
+
+def test_restart_recovers_copies_the_first_krylov_space_missed():
+    """An exactly repeated eigenvalue at the edge of a dense bulk: the first (single-vector) Krylov space holds
+    fewer copies than exist when its wanted set converges, so the missing ones must come from restarts
+    (n_restarts >= 2 means a restart found copies and a later one found nothing)."""
+    rng = np.random.default_rng(3)
+    spectrum = np.r_[rng.uniform(-0.9, 0.9, 186), [1.0] * 8, [-1.0] * 6]
+    matrix, _ = planted(spectrum, seed=0)
+    result = lanczos_solve(matrix, 3, which="both", progress=False)
+    np.testing.assert_allclose(result.eigenvalues, [-1, -1, -1, 1, 1, 1], atol=1e-8)
+    assert result.n_restarts >= 2
+    assert result.n_matvecs < 200  # the answer did not come from exhausting the space
+
+
+def test_lanczos_whole_space_when_small():
+    """k = P // 2 on a tiny matrix: the search space becomes the whole space and Rayleigh-Ritz is exact."""
+    spectrum = np.r_[[2.0] * 5, np.linspace(-1, 1, 15)]
+    matrix, _ = planted(spectrum, seed=6)
+    values = lanczos(matrix, 10, which="both", progress=False)
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(matrix), atol=1e-12)
+
+
+def test_lanczos_max_iter_raises_with_partial_results():
+    rng = np.random.default_rng(7)
+    matrix, _ = planted(rng.uniform(-1, 1, 300), seed=8)  # dense bulk: slow convergence
+    with pytest.raises(LanczosConvergenceError, match="max_iter=30") as error:
+        lanczos(matrix, 5, which="both", max_iter=30, progress=False)
+    assert error.value.n_matvecs == 30
+    assert len(error.value.eigenvalues) == 10 and np.any(error.value.residual_norms > error.value.threshold)
+
+
+def test_top_eigenvalue_is_signed_not_largest_magnitude():
+    rng = np.random.default_rng(9)
+    spectrum = np.r_[[-10.0, 1.0, 3.0], rng.uniform(-2, 2.5, 97)]
+    matrix, _ = planted(spectrum, seed=10)
+    value = top_eigenvalue(matrix, tol=1e-10, progress=False)
+    assert value == pytest.approx(np.linalg.eigvalsh(matrix)[-1], abs=1e-9 * 10)
+    assert value == pytest.approx(3.0, abs=1e-8)
+    small, _ = planted(np.array([-10.0, 1.0, 3.0]), seed=11)
+    assert top_eigenvalue(small, progress=False) == pytest.approx(3.0, abs=1e-8)
+
+
+def test_lanczos_both_uses_fewer_matvecs_than_two_eigsh_calls():
+    """Hessian-like planted spectrum: a few large outliers, a bulk near 0, some negatives."""
+    rng = np.random.default_rng(12)
+    size, k, tol = 400, 10, 1e-8
+    spectrum = np.r_[np.exp(rng.uniform(np.log(2), np.log(50), 8)), rng.laplace(0, 0.01, 367),
+                     -np.exp(rng.uniform(np.log(0.05), 0, 25))]
+    matrix, _ = planted(spectrum, seed=13)
+    reference = reference_ends(matrix, k, "both")
+    scale = np.abs(reference).max()
+
+    ours = CountingOperator(matrix)
+    values = lanczos(ours, k, which="both", tol=tol, progress=False)
+    np.testing.assert_allclose(values, reference, rtol=0, atol=tol * scale)
+
+    # ARPACK stops at ||r_i|| <= tol_e |theta_i|: the loosest tol_e implying our bound tol * scale per call.
+    arpack = CountingOperator(matrix)
+    v0 = np.random.default_rng(0).standard_normal(size)
+    largest = eigsh(arpack, k, which="LA", tol=tol * scale / np.abs(reference[k:]).max(), v0=v0,
+                    return_eigenvectors=False)
+    smallest = eigsh(arpack, k, which="SA", tol=tol * scale / np.abs(reference[:k]).max(), v0=v0,
+                     return_eigenvectors=False)
+    np.testing.assert_allclose(np.r_[np.sort(smallest), np.sort(largest)], reference, rtol=0, atol=tol * scale)
+    assert ours.count < arpack.count, (ours.count, arpack.count)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument validation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_lanczos_bad_arguments_name_the_argument():
+    matrix = np.diag(np.arange(10.0))
+    with pytest.raises(ValueError, match=r"k=6 must be <= P//2=5"):
+        lanczos(matrix, 6, which="both", progress=False)
+    with pytest.raises(ValueError, match=r"k=11 must be <= P=10"):
+        lanczos(matrix, 11, which="largest", progress=False)
+    with pytest.raises(ValueError, match=r"k=0 must be >= 1"):
+        lanczos(matrix, 0, progress=False)
+    with pytest.raises(TypeError, match=r"k=2.0 must be an int"):
+        lanczos(matrix, 2.0, progress=False)
+    with pytest.raises(ValueError, match=r"which='top'"):
+        lanczos(matrix, 2, which="top", progress=False)
+    with pytest.raises(ValueError, match=r"operator must be square"):
+        lanczos(aslinearoperator(np.ones((4, 5))), 1, progress=False)
+    with pytest.raises(ValueError, match=r"tol=0"):
+        lanczos(matrix, 2, tol=0, progress=False)
+    with pytest.raises(ValueError, match=r"max_iter=3"):
+        lanczos(matrix, 2, which="both", max_iter=3, progress=False)
+    with pytest.raises(ValueError, match=r"block_size=11 must be <= P=10"):
+        lanczos(matrix, 2, block_size=11, progress=False)
+    with pytest.raises(ValueError, match=r"failure_probability=1"):
+        lanczos(matrix, 2, failure_probability=1.0, progress=False)
+    with pytest.raises(TypeError, match=r"operator"):
+        lanczos("not an operator", 1, progress=False)
+
+
+def test_estimator_bad_arguments_name_the_argument():
+    matrix = np.eye(6)
+    with pytest.raises(ValueError, match=r"n_samples=1"):
+        hutchinson_trace(matrix, n_samples=1, progress=False)
+    with pytest.raises(ValueError, match=r"distribution='uniform'"):
+        hutchinson_trace(matrix, distribution="uniform", progress=False)
+    with pytest.raises(ValueError, match=r"n_probes=0"):
+        spectral_density(matrix, n_probes=0, progress=False)
+    with pytest.raises(ValueError, match=r"sigma=-1"):
+        spectral_density(matrix, sigma=-1.0, progress=False)
+    with pytest.raises(ValueError, match=r"operator must be square"):
+        spectral_density(aslinearoperator(np.ones((3, 2))), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hutchinson
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_hutchinson_within_standard_errors_and_error_shrinks():
+    rng = np.random.default_rng(14)
+    matrix, _ = planted(rng.normal(0.5, 1.0, 200), seed=15)
+    truth = np.trace(matrix)
+    few = hutchinson_trace(matrix, n_samples=25, seed=0, progress=False)
+    many = hutchinson_trace(matrix, n_samples=400, seed=1, block_size=64, progress=False)
+    for estimate in (few, many):
+        assert abs(estimate.estimate - truth) <= 4 * estimate.standard_error
+    assert many.standard_error < 0.5 * few.standard_error  # ~ 1/sqrt(n): 0.25 expected
+    # Rademacher variance per probe is 2 (||A||_F^2 - sum_i A_ii^2): the reported standard error must agree.
+    predicted = np.sqrt(2 * (np.sum(matrix**2) - np.sum(np.diag(matrix) ** 2)) / many.n_samples)
+    assert many.standard_error == pytest.approx(predicted, rel=0.2)
+    gaussian = hutchinson_trace(matrix, n_samples=400, seed=2, distribution="gaussian", progress=False)
+    assert abs(gaussian.estimate - truth) <= 4 * gaussian.standard_error
+    # An operator with a matvec only (matmat falls back to columns) gives identical numbers.
+    matvec_only = LinearOperator(matrix.shape, matvec=lambda x: matrix @ x, dtype=np.float64)
+    assert hutchinson_trace(matvec_only, n_samples=25, seed=0, progress=False).estimate == pytest.approx(
+        few.estimate, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stochastic Lanczos quadrature
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_slq_gauss_rule_is_exact_for_polynomials_on_a_diagonal_matrix():
+    """For diagonal A, z^T f(A) z = trace f(A) for every Rademacher z; an m-node Gauss rule integrates degree
+    < 2m exactly, so one probe with m = 6 gives trace(A^d), d <= 11, to rounding."""
+    spectrum = np.random.default_rng(16).uniform(-1, 1, 150)
+    density = spectral_density(np.diag(spectrum), n_probes=1, n_steps=6, progress=False)
+    for degree in range(12):
+        assert density.trace(lambda x: x**degree) == pytest.approx(np.sum(spectrum**degree), rel=1e-10, abs=1e-10)
+
+
+def test_slq_traces_and_density_on_planted_spectrum():
+    rng = np.random.default_rng(17)
+    spectrum = np.r_[rng.normal(0, 0.3, 290), [4.0, 3.0, -2.0], rng.uniform(1, 2, 7)]
+    matrix, _ = planted(spectrum, seed=18)
+    density = spectral_density(matrix, n_probes=40, n_steps=30, seed=0, progress=False)
+    assert density.nodes.shape == density.weights.shape == (40, 30)
+    np.testing.assert_allclose(density.weights.sum(axis=1), 1.0, atol=1e-12)
+    # Stated tolerance: within 4 standard errors of the probe average (seeded), and the standard error is small.
+    for function, truth in ((lambda x: x, spectrum.sum()), (lambda x: x**2, np.sum(spectrum**2))):
+        samples = density.trace_samples(function)
+        error = abs(samples.mean() - truth)
+        standard_error = samples.std(ddof=1) / np.sqrt(len(samples))
+        assert error <= 4 * standard_error
+    # ... and the probe-to-probe spread is Rademacher's, 2 (||f(A)||_F^2 - sum_i f(A)_ii^2) per probe.
+    for power in (1, 2):
+        f_matrix = np.linalg.matrix_power(matrix, power)
+        predicted = np.sqrt(2 * (np.sum(f_matrix**2) - np.sum(np.diag(f_matrix) ** 2)))
+        assert density.trace_samples(lambda x: x**power).std(ddof=1) == pytest.approx(predicted, rel=0.3)
+    # The smoothed density integrates to ~1 (the grid covers +-5 sigma around all nodes).
+    assert np.trapezoid(density.density, density.grid) == pytest.approx(1.0, abs=1e-4)
+    assert np.all(density.density >= 0)
+    other = density.smoothed_density(np.linspace(-5, 6, 4001), sigma=0.05)
+    assert np.trapezoid(other, np.linspace(-5, 6, 4001)) == pytest.approx(1.0, abs=1e-4)
+    # Advancing the probes in batches changes nothing but memory.
+    batched = spectral_density(matrix, n_probes=40, n_steps=30, seed=0, batch_size=7, grid=50, progress=False)
+    np.testing.assert_allclose(batched.nodes, density.nodes, atol=1e-10)
+    np.testing.assert_allclose(batched.weights, density.weights, atol=1e-10)
+    assert batched.grid.shape == (50,)
+
+
+def test_slq_with_full_steps_puts_mass_on_true_eigenvalues():
+    rng = np.random.default_rng(19)
+    spectrum = np.sort(rng.uniform(-3, 3, 100))
+    matrix, _ = planted(spectrum, seed=20)
+    density = spectral_density(matrix, n_probes=60, n_steps=500, seed=1, progress=False)  # n_steps capped at P
+    assert density.nodes.shape[1] == 100
+    # Every node carrying weight is an eigenvalue of A.
+    heavy = density.weights > 1e-8
+    distance = np.abs(density.nodes[heavy][:, None] - spectrum[None, :]).min(axis=1)
+    assert distance.max() <= 1e-8
+    # The estimated CDF follows the empirical CDF of the spectrum (Kolmogorov distance; per-probe CDF noise is
+    # ~ sqrt(2 F (1 - F) / P) ~ 0.07, averaged over 60 probes ~ 0.01).
+    points = np.linspace(-3.5, 3.5, 701)
+    true_cdf = np.searchsorted(spectrum, points, side="right") / len(spectrum)
+    assert np.abs(density.cdf(points) - true_cdf).max() <= 0.05
+    # With the exact Gauss rule trace f(A) is as good as Hutchinson's estimator for every f, e.g. |x|.
+    samples = density.trace_samples(np.abs)
+    assert abs(samples.mean() - np.abs(spectrum).sum()) <= 4 * samples.std(ddof=1) / np.sqrt(len(samples))
