@@ -1,1 +1,59 @@
-"""hessian_core: exact, verified Hessian spectra of small neural networks."""
+"""hessian_core: exact, verified Hessian spectra of small neural networks.
+
+The public API is re-exported here; each module has one job (see the README's table).
+"""
+
+from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
+from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
+from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
+from .krylov import (
+    LanczosConvergenceError,
+    SpectralDensity,
+    TraceEstimate,
+    hutchinson_trace,
+    lanczos,
+    spectral_density,
+    top_eigenvalue,
+)
+from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
+from .notebook import glue_value
+from .operators import HessianOperator, full_hessian, hessian_operator, hvp
+from .plots import (
+    plot_cluster_counts,
+    plot_cluster_heatmap,
+    plot_conv_filters,
+    plot_gap_barcode,
+    plot_signed_spectrum,
+    plot_spectrum_evolution,
+    plot_summary,
+    plot_truncated_dendrogram,
+    save_dendrogram_gif,
+)
+from .results import ResultStore, parameter_key
+from .spectrum import DenseSpectrum, eigendecomposition, spectrum_stats
+from .training import accuracy, epoch_permutation, mnist_checkpoint_steps, train_sgd_with_checkpoints
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # operators
+    "hvp", "full_hessian", "hessian_operator", "HessianOperator",
+    # krylov
+    "lanczos", "top_eigenvalue", "hutchinson_trace", "spectral_density", "LanczosConvergenceError",
+    "SpectralDensity", "TraceEstimate",
+    # spectrum
+    "eigendecomposition", "spectrum_stats", "DenseSpectrum",
+    # dendrogram
+    "eigen_linkage", "cluster_counts", "cluster_labels", "spectral_gaps", "merge_heights",
+    # fiedler
+    "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
+    # models and data
+    "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
+    "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",
+    # training and results
+    "train_sgd_with_checkpoints", "mnist_checkpoint_steps", "epoch_permutation", "accuracy",
+    "ResultStore", "parameter_key", "glue_value",
+    # plots
+    "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
+    "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",
+]
