@@ -45,11 +45,14 @@ def execute(name: str, out_path: Path, parameters: dict) -> float:
         start = time.perf_counter()
         # Write next to the target and rename, so an interrupted run never leaves a half-written page.
         partial = out_path.with_name(f".partial.{out_path.name}")
-        papermill.execute_notebook(
-            str(converted), str(partial), parameters=parameters, cwd=str(NOTEBOOKS),
-            kernel_name="python3", progress_bar=False,
-        )
-        os.replace(partial, out_path)
+        try:
+            papermill.execute_notebook(
+                str(converted), str(partial), parameters=parameters, cwd=str(NOTEBOOKS),
+                kernel_name="python3", progress_bar=False,
+            )
+            os.replace(partial, out_path)
+        finally:
+            partial.unlink(missing_ok=True)
     return time.perf_counter() - start
 
 
@@ -79,7 +82,9 @@ def main() -> None:
     missing = [n for n in BOOK_NOTEBOOKS if not (EXECUTED / f"{n}.ipynb").is_file()]
     if missing:
         sys.exit(f"not executed yet: {missing}; run without --only first")
-    subprocess.run([sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--path-output", str(ROOT)],
+    # The CLI installed beside this interpreter (jupyter_book 1.x has no ``python -m`` entry point).
+    cli = Path(sys.executable).with_name("jupyter-book")
+    subprocess.run([str(cli) if cli.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(ROOT)],
                    check=True)
     print(f"book: {ROOT / '_build' / 'html' / 'index.html'}")
 
