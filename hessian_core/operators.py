@@ -403,7 +403,7 @@ def _structured_hessian(model: nn.Sequential, loss_fn: LossFn, batch: object, la
     # Residual of the last Linear layer against the largest earlier layer (the only cross block left).
     residual = torch.zeros_like(G)
     if largest is not None:
-        split = last  # a = model[:last](x), u = model[last](a), Z = model[last+1:](u)
+        split = last  # a = model[:split](x), u = model[split](a), Z = model[split + 1:](u)
         with _eval_mode(model):
             prefix_names = [i for i in rest_ids if module_of[f.names[i]] == largest]
 
@@ -420,7 +420,6 @@ def _structured_hessian(model: nn.Sequential, loss_fn: LossFn, batch: object, la
                                                    if int(n.split(".")[0]) < split}}, (inputs,))
             if a.ndim != 2:
                 raise ValueError("method='structured' needs the last Linear layer's input to be [N, K]")
-            lin = model[last]
             w_name, b_name = f"{last}.weight", f"{last}.bias"
             weight = params[f.names.index(w_name)]
             bias = params[f.names.index(b_name)] if b_name in f.names else None
@@ -428,7 +427,6 @@ def _structured_hessian(model: nn.Sequential, loss_fn: LossFn, batch: object, la
             z = model[last + 1:](u) if last + 1 < len(model) else u
             # δ = ∂(r·Z)/∂u: the residual pulled back through the parameter-free tail (kinks held fixed).
             delta = torch.autograd.grad(z, u, grad_outputs=r)[0]  # [N, out]
-            del lin
         K = a.shape[1]
         layer_params = [params[i] for i in prefix_names]
         cross = torch.zeros(delta.shape[1] * K, sum(t.numel() for t in layer_params), dtype=dtype)
