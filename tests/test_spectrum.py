@@ -8,6 +8,7 @@ stage of the two-stage route), ``scipy.stats.entropy`` and direct numpy formulas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -24,6 +25,16 @@ DRIVERS = ["two_stage", "tridiagonal", "scipy", "torch", "auto"]
 # A route that fails its own verification warns (and two_stage silently switches to tridiagonal): in these tests
 # that must never happen unnoticed.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_on_one_thread():
+    """These matrices are small: threads only add waiting when the machine's cores are busy (the suite runs on a
+    shared 2-core machine). The caller's setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def planted_matrix(eigenvalues: np.ndarray, seed: int) -> np.ndarray:
@@ -43,8 +54,21 @@ def separated_spectrum(size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([top, bottom, bulk]))
 
 
-def residual_and_orthogonality(matrix: np.ndarray, values: np.ndarray, vectors: np.ndarray) -> tuple[float, float]:
-    norm = np.linalg.norm(matrix, 2)
+@functools.lru_cache(maxsize=None)
+def separated_case(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(H, numpy eigenvalues, numpy eigenvectors)`` for :func:`separated_spectrum`, computed once per size."""
+    matrix = planted_matrix(separated_spectrum(size, seed=size), seed=size + 1)
+    values, vectors = np.linalg.eigh(matrix)
+    for array in (matrix, values, vectors):
+        array.setflags(write=False)
+    return matrix, values, vectors
+
+
+def residual_and_orthogonality(matrix: np.ndarray, values: np.ndarray, vectors: np.ndarray, *,
+                               norm: float | None = None) -> tuple[float, float]:
+    """``(max ||H v - lambda v|| / ||H||_2, max |V^T V - I|)``."""
+    if norm is None:
+        norm = np.abs(np.linalg.eigvalsh(matrix)).max()
     residual = np.linalg.norm(matrix @ vectors - vectors * values, axis=0).max() / norm
     orthogonality = np.abs(vectors.T @ vectors - np.eye(vectors.shape[1])).max()
     return float(residual), float(orthogonality)
@@ -59,11 +83,10 @@ def projector(vectors: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [60, 131, 257])
+@pytest.mark.parametrize("size", [60, 131, 203])
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_matches_numpy_eigh(driver: str, size: int) -> None:
-    matrix = planted_matrix(separated_spectrum(size, seed=size), seed=size + 1)
-    reference_values, reference_vectors = np.linalg.eigh(matrix)
+    matrix, reference_values, reference_vectors = separated_case(size)
     norm = np.abs(reference_values).max()
     result = eigendecomposition(matrix, n_top=10, n_bottom=8, driver=driver, progress=False)
 
@@ -86,7 +109,7 @@ def test_matches_numpy_eigh(driver: str, size: int) -> None:
 
     vectors = np.concatenate([result.bottom_vectors, result.top_vectors], axis=1)
     values = np.concatenate([result.bottom_eigenvalues, result.top_eigenvalues])
-    residual, orthogonality = residual_and_orthogonality(matrix, values, vectors)
+    residual, orthogonality = residual_and_orthogonality(matrix, values, vectors, norm=norm)
     assert residual <= 1e-12 and orthogonality <= 1e-12
     # The stored diagnostics measure the same thing.
     assert result.max_residual <= 1e-12 and result.orthogonality_error <= 1e-12
@@ -95,14 +118,21 @@ def test_matches_numpy_eigh(driver: str, size: int) -> None:
     assert np.all(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])] > 0)
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
-def test_degenerate_clusters_span_the_eigenspace(driver: str) -> None:
-    """Planted 4-fold top and 3-fold bottom eigenvalues: the eigenspaces (projectors) must equal numpy's."""
+@functools.lru_cache(maxsize=None)
+def degenerate_case() -> tuple[np.ndarray, np.ndarray]:
+    """``(H, numpy eigenvectors)`` with planted eigenvalues 5 (4-fold), 4, 3.9, a bulk in (-1, 1), -2 (3-fold)."""
     rng = np.random.default_rng(7)
     size = 150
     eigenvalues = np.sort(np.concatenate([[5.0] * 4, [4.0, 3.9], rng.uniform(-1, 1, size - 9), [-2.0] * 3]))
     matrix = planted_matrix(eigenvalues, seed=8)
-    _, reference_vectors = np.linalg.eigh(matrix)
+    _, vectors = np.linalg.eigh(matrix)
+    return matrix, vectors
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_degenerate_clusters_span_the_eigenspace(driver: str) -> None:
+    """Planted 4-fold top and 3-fold bottom eigenvalues: the eigenspaces (projectors) must equal numpy's."""
+    matrix, reference_vectors = degenerate_case()
     result = eigendecomposition(matrix, n_top=6, n_bottom=5, driver=driver, progress=False)
     assert result.driver == ("scipy" if driver == "auto" else driver)
 
@@ -114,7 +144,7 @@ def test_degenerate_clusters_span_the_eigenspace(driver: str) -> None:
     assert np.abs(projector(result.bottom_vectors[:, :3]) - bottom_cluster).max() <= 1e-10
     vectors = np.concatenate([result.bottom_vectors, result.top_vectors], axis=1)
     values = np.concatenate([result.bottom_eigenvalues, result.top_eigenvalues])
-    residual, orthogonality = residual_and_orthogonality(matrix, values, vectors)
+    residual, orthogonality = residual_and_orthogonality(matrix, values, vectors, norm=5.0)
     assert residual <= 1e-10 and orthogonality <= 1e-10
 
     # A cluster cut by n_top: the 2 returned vectors lie inside the 4-dimensional eigenspace, orthonormal.
@@ -219,6 +249,21 @@ def test_two_stage_with_narrow_band_and_tiles(monkeypatch: pytest.MonkeyPatch) -
 # ----------------------------------------------------------------------------------------------------------------
 # Driver selection, fallback, inputs, validation
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def test_one_thread_context_restores_the_callers_setting() -> None:
+    torch.set_num_threads(2)
+    try:
+        with spectrum_module._one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with spectrum_module._one_thread(active=False):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError), spectrum_module._one_thread():
+            raise KeyError("restored on errors too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_auto_driver_choice(monkeypatch: pytest.MonkeyPatch) -> None:
