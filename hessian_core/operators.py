@@ -407,17 +407,19 @@ def _structured_hessian(model: nn.Sequential, loss_fn: LossFn, batch: object, la
         with _eval_mode(model):
             prefix_names = [i for i in rest_ids if module_of[f.names[i]] == largest]
 
+            def prefix_state(full: Sequence[Tensor]) -> dict[str, Tensor]:
+                """Parameters and buffers of the modules before the last Linear layer."""
+                named = {n: t for n, t in zip(f.names, full) if module_of[n] < split}
+                named.update({n: b for n, b in f.buffers.items() if int(n.split(".")[0]) < split})
+                return named
+
             def activation_one(layer_params: list[Tensor], x: Tensor) -> Tensor:
                 full = list(params)
                 for i, t in zip(prefix_names, layer_params):
                     full[i] = t
-                named = {n: t for n, t in zip(f.names, full) if module_of[n] < split}
-                named.update({n: b for n, b in f.buffers.items() if int(n.split(".")[0]) < split})
-                return functional_call(model[:split], named, (x.unsqueeze(0),))[0]
+                return functional_call(model[:split], prefix_state(full), (x.unsqueeze(0),))[0]
 
-            a = functional_call(model[:split], {**{n: t for n, t in zip(f.names, params) if module_of[n] < split},
-                                                **{n: b for n, b in f.buffers.items()
-                                                   if int(n.split(".")[0]) < split}}, (inputs,))
+            a = functional_call(model[:split], prefix_state(params), (inputs,))
             if a.ndim != 2:
                 raise ValueError("method='structured' needs the last Linear layer's input to be [N, K]")
             w_name, b_name = f"{last}.weight", f"{last}.bias"
