@@ -31,7 +31,13 @@ from .plots import (
 )
 from .results import ResultStore, parameter_key
 from .spectrum import DenseSpectrum, eigendecomposition, spectrum_stats
-from .training import accuracy, epoch_permutation, mnist_checkpoint_steps, train_sgd_with_checkpoints
+from .training import (
+    accuracy,
+    epoch_permutation,
+    mnist_checkpoint_steps,
+    train_full_batch_adamw,
+    train_sgd_with_checkpoints,
+)
 
 __version__ = "0.1.0"
 
@@ -51,7 +57,7 @@ __all__ = [
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",
     # training and results
-    "train_sgd_with_checkpoints", "mnist_checkpoint_steps", "epoch_permutation", "accuracy",
+    "train_sgd_with_checkpoints", "train_full_batch_adamw", "mnist_checkpoint_steps", "epoch_permutation", "accuracy",
     "ResultStore", "parameter_key", "glue_value",
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",

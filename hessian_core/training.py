@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 
 from .results import ResultStore
 
-__all__ = ["mnist_checkpoint_steps", "epoch_permutation", "train_sgd_with_checkpoints", "accuracy"]
+__all__ = [
+    "mnist_checkpoint_steps", "epoch_permutation", "train_sgd_with_checkpoints", "train_full_batch_adamw", "accuracy",
+]
 
 
 def mnist_checkpoint_steps(steps_per_epoch: int, epochs: int) -> list[int]:
@@ -123,3 +125,90 @@ def train_sgd_with_checkpoints(
             if step in steps:
                 save(step)
     return [store.load(f"checkpoint_{s:07d}")["record"] for s in steps]
+
+
+def train_full_batch_adamw(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    store: ResultStore,
+    n_steps: int,
+    checkpoint_steps: Sequence[int],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    log_steps: Sequence[int] | None = None,
+    evaluate: Callable[[int, nn.Module], dict] | None = None,
+    progress: bool = True,
+    desc: str = "training",
+) -> list[dict]:
+    """Full-batch AdamW on cross-entropy (one step = one epoch), resumable, with a log and saved checkpoints.
+
+    At every step in ``log_steps`` and ``checkpoint_steps`` (step ``s`` = the state after ``s`` updates) the log
+    gains a record ``{"step", "train_seconds", **evaluate(s, model)}``. At every checkpoint step the model,
+    the optimiser state and the log so far are saved atomically to ``store`` as ``checkpoint_{s:07d}``; the
+    final step ``n_steps`` is always a checkpoint, and its log is the returned one. A rerun resumes from the
+    latest saved checkpoint (full-batch updates are deterministic, so the log entries after it are recomputed
+    identically); if the final checkpoint exists nothing is trained.
+
+    Args:
+        model: trained in place; maps ``inputs`` to logits ``[N, C]``.
+        inputs, labels: the whole training set (``labels: LongTensor[N]``).
+        n_steps: number of AdamW updates.
+        checkpoint_steps: steps in ``[0, n_steps]`` at which to save the model.
+        lr, weight_decay, betas: ``torch.optim.AdamW`` hyper-parameters.
+        log_steps: extra steps at which to call ``evaluate`` without saving the model.
+        evaluate: ``evaluate(step, model) -> dict`` of metrics (e.g. test accuracy); called with the model in
+            eval mode and gradients enabled, so it may compute gradients or Hessians itself.
+        progress: tqdm bar; ``desc`` labels it.
+    Returns:
+        the log: one record per logged step, in step order.
+    """
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps={n_steps!r} must be a positive integer")
+    if not (lr > 0 and weight_decay >= 0):
+        raise ValueError(f"lr={lr!r} must be > 0 and weight_decay={weight_decay!r} >= 0")
+    saves = sorted({int(s) for s in checkpoint_steps} | {n_steps})
+    logs = sorted(set(saves) | {int(s) for s in (log_steps or ())})
+    if saves[0] < 0 or logs[0] < 0 or logs[-1] > n_steps:
+        raise ValueError(f"checkpoint_steps and log_steps must lie in [0, n_steps={n_steps}]")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    done = [s for s in saves if store.exists(f"checkpoint_{s:07d}")]
+    step, seconds, log = 0, 0.0, []
+    if done:
+        state = store.load(f"checkpoint_{done[-1]:07d}")
+        if done[-1] == n_steps:
+            model.load_state_dict(state["model"])
+            return state["log"]
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step, log = done[-1], state["log"]
+        seconds = log[-1]["train_seconds"]
+
+    def record(at: int) -> None:
+        was_training = model.training
+        model.eval()
+        log.append({"step": at, "train_seconds": seconds, **(evaluate(at, model) if evaluate else {})})
+        model.train(was_training)
+        if at in saves:
+            store.save(f"checkpoint_{at:07d}",
+                       {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "log": log})
+
+    if not done and 0 in logs:
+        record(0)
+    pending = [s for s in logs if s > step]
+    model.train()
+    with tqdm(total=n_steps, initial=step, desc=desc, disable=not progress) as bar:
+        while step < n_steps:
+            started = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimiser.step()
+            step += 1
+            seconds += time.perf_counter() - started
+            bar.update(1)
+            if pending and step == pending[0]:
+                pending.pop(0)
+                record(step)
+    return log

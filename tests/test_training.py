@@ -50,3 +50,91 @@ def test_bad_checkpoint_steps(tmp_path):
     model, x, y = _setup()
     with pytest.raises(ValueError, match="checkpoint_steps"):
         _train(ResultStore(tmp_path, "t", {}), model, x, y, [0, 100])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# full-batch AdamW
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def _adamw(store, model, x, y, *, evaluate=None, n_steps=30):
+    from hessian_core.training import train_full_batch_adamw
+
+    return train_full_batch_adamw(model, x, y, store=store, n_steps=n_steps, checkpoint_steps=[0, 10, 20],
+                                  log_steps=range(0, n_steps + 1, 5), lr=0.01, weight_decay=0.5, evaluate=evaluate,
+                                  progress=False)
+
+
+def _loss(model, x, y):
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(x), y).item()
+
+
+def test_adamw_equals_a_hand_written_loop(tmp_path):
+    model, x, y = _setup()
+    reference, _, _ = _setup()
+    log = _adamw(ResultStore(tmp_path, "a", {}), model, x, y, evaluate=lambda s, m: {"loss": _loss(m, x, y)})
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.5, betas=(0.9, 0.98))
+    losses = {0: _loss(reference, x, y)}
+    for step in range(1, 31):
+        opt.zero_grad()
+        nn.functional.cross_entropy(reference(x), y).backward()
+        opt.step()
+        losses[step] = _loss(reference, x, y)
+    assert [r["step"] for r in log] == list(range(0, 31, 5))
+    assert all(abs(r["loss"] - losses[r["step"]]) < 1e-12 for r in log)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_adamw_resumes_after_a_kill_without_recomputing(tmp_path):
+    model, x, y = _setup()
+    uninterrupted = _adamw(ResultStore(tmp_path, "u", {}), model, x, y, evaluate=lambda s, m: {"loss": _loss(m, x, y)})
+
+    calls = []
+
+    def dies_at_25(step, m):
+        calls.append(step)
+        if step == 25:
+            raise _Interrupt
+        return {"loss": _loss(m, x, y)}
+
+    store = ResultStore(tmp_path, "k", {})
+    killed, _, _ = _setup()
+    with pytest.raises(_Interrupt):
+        _adamw(store, killed, x, y, evaluate=dies_at_25)
+    assert store.names() == ["checkpoint_0000000", "checkpoint_0000010", "checkpoint_0000020"]
+    calls.clear()
+    resumed, _, _ = _setup()
+    log = _adamw(store, resumed, x, y, evaluate=lambda s, m: calls.append(s) or
+                 {"loss": _loss(m, x, y)})
+    assert calls == [25, 30]  # steps up to the checkpoint at 20 are not recomputed
+    strip = lambda records: [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]  # noqa: E731
+    assert strip(log) == strip(uninterrupted)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # A finished run trains nothing and returns the stored log.
+    calls.clear()
+    again, _, _ = _setup()
+    assert _adamw(store, again, x, y, evaluate=lambda s, m: calls.append(s) or {}) == log
+    assert calls == []
+    for a, b in zip(model.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw, name", [(dict(n_steps=0), "n_steps"), (dict(lr=0.0), "lr"),
+                                      (dict(weight_decay=-1.0), "weight_decay"),
+                                      (dict(checkpoint_steps=[40]), "checkpoint_steps")])
+def test_adamw_bad_parameters_are_named(tmp_path, kw, name):
+    from hessian_core.training import train_full_batch_adamw
+
+    model, x, y = _setup()
+    args = dict(store=ResultStore(tmp_path, "b", {}), n_steps=30, checkpoint_steps=[0], lr=0.01, weight_decay=0.1,
+                progress=False)
+    args.update(kw)
+    with pytest.raises(ValueError, match=name):
+        train_full_batch_adamw(model, x, y, **args)
