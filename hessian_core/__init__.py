@@ -3,6 +3,7 @@
 The public API is re-exported here; each module has one job (see the README's table).
 """
 
+from .curves import first_crossing, grokking_delay
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
@@ -34,6 +35,7 @@ from .spectrum import DenseSpectrum, eigendecomposition, spectrum_stats
 from .training import (
     accuracy,
     epoch_permutation,
+    grokking_checkpoint_steps,
     mnist_checkpoint_steps,
     train_full_batch_adamw,
     train_sgd_with_checkpoints,
@@ -53,11 +55,13 @@ __all__ = [
     "eigen_linkage", "cluster_counts", "cluster_labels", "spectral_gaps", "merge_heights",
     # fiedler
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
+    # curves
+    "first_crossing", "grokking_delay",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",
     # training and results
-    "train_sgd_with_checkpoints", "train_full_batch_adamw", "mnist_checkpoint_steps", "epoch_permutation", "accuracy",
+    "train_sgd_with_checkpoints", "train_full_batch_adamw", "mnist_checkpoint_steps", "grokking_checkpoint_steps", "epoch_permutation", "accuracy",
     "ResultStore", "parameter_key", "glue_value",
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",

@@ -17,6 +17,7 @@ from .results import ResultStore
 
 __all__ = [
     "mnist_checkpoint_steps", "epoch_permutation", "train_sgd_with_checkpoints", "train_full_batch_adamw", "accuracy",
+    "grokking_checkpoint_steps",
 ]
 
 
@@ -212,3 +213,17 @@ def train_full_batch_adamw(
                 pending.pop(0)
                 record(step)
     return log
+
+
+def grokking_checkpoint_steps(n_steps: int) -> list[int]:
+    """The modular-addition design note's schedule, dense where the transition is expected.
+
+    Steps 0, 10, 50, 100, 200, 500; every 100 from 1,000 to 5,000; every 500 from 5,000 to 15,000; every 1,000
+    from 15,000 to 40,000 (and on, every 1,000, if ``n_steps`` is larger). Steps beyond ``n_steps`` are dropped;
+    ``n_steps`` itself is always included. 40,000 steps give 92 checkpoints (the note estimated 75–80).
+    """
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps={n_steps!r} must be a positive integer")
+    steps = {0, 10, 50, 100, 200, 500, n_steps}
+    steps |= set(range(1000, 5001, 100)) | set(range(5000, 15001, 500)) | set(range(15000, max(n_steps, 0) + 1, 1000))
+    return sorted(s for s in steps if s <= n_steps)

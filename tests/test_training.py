@@ -138,3 +138,14 @@ def test_adamw_bad_parameters_are_named(tmp_path, kw, name):
     args.update(kw)
     with pytest.raises(ValueError, match=name):
         train_full_batch_adamw(model, x, y, **args)
+
+
+def test_grokking_schedule_matches_the_design_note():
+    from hessian_core.training import grokking_checkpoint_steps
+
+    steps = grokking_checkpoint_steps(40_000)
+    assert len(steps) == 6 + 41 + 20 + 25  # the note says "~75-80"; its own rules give 92
+    assert steps[:7] == [0, 10, 50, 100, 200, 500, 1000]
+    assert steps[-3:] == [38_000, 39_000, 40_000]
+    assert {4900, 5000, 5500, 14_500, 15_000, 16_000} <= set(steps)
+    assert grokking_checkpoint_steps(300) == [0, 10, 50, 100, 200, 300]

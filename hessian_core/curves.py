@@ -1,0 +1,51 @@
+"""Events read off training curves: when a metric first crosses a threshold, and grokking delays.
+
+Transitions are always detected from the logged curves, never hard-coded, so a rerun with other parameters
+reports its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["first_crossing", "grokking_delay"]
+
+
+def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: float, *,
+                   stay: bool = False) -> int | None:
+    """The first logged step at which ``values >= threshold``, or ``None`` if it never happens.
+
+    Args:
+        steps: ``[T]`` logged steps, ascending.
+        values: ``[T]`` the metric at those steps (e.g. test accuracy in [0, 1]).
+        threshold: the level to reach.
+        stay: if True, the first step from which the metric stays ``>= threshold`` until the end of the log
+            (ignores brief excursions above the threshold).
+    """
+    steps, values = np.asarray(steps), np.asarray(values, dtype=float)
+    if steps.shape != values.shape or steps.ndim != 1:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be 1-D of the same length")
+    if len(steps) > 1 and np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing")
+    above = values >= threshold
+    if stay:
+        # above from index i to the end <=> the reversed cumulative AND is true at i
+        above = np.logical_and.accumulate(above[::-1])[::-1]
+    hits = np.flatnonzero(above)
+    return int(steps[hits[0]]) if len(hits) else None
+
+
+def grokking_delay(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float], *,
+                   train_threshold: float = 0.99, test_threshold: float = 0.95) -> dict:
+    """Memorisation and generalisation steps and their ratio.
+
+    ``memorised`` is the first step with train accuracy ``>= train_threshold``; ``generalised`` the first with
+    test accuracy ``>= test_threshold`` (each ``None`` if never reached); ``ratio = generalised / memorised``
+    (``None`` unless both exist and ``memorised > 0``). The book calls a run *grokking* when ``ratio >= 5``.
+    """
+    memorised = first_crossing(steps, train_acc, train_threshold)
+    generalised = first_crossing(steps, test_acc, test_threshold)
+    ratio = generalised / memorised if memorised and generalised is not None else None
+    return {"memorised": memorised, "generalised": generalised, "ratio": ratio}
