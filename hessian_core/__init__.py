@@ -3,7 +3,7 @@
 The public API is re-exported here; each module has one job (see the README's table).
 """
 
-from .curves import first_crossing, grokking_delay
+from .curves import first_crossing, grokking_delay, transition_window
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
@@ -23,7 +23,9 @@ from .plots import (
     plot_cluster_counts,
     plot_cluster_heatmap,
     plot_conv_filters,
+    plot_density_evolution,
     plot_gap_barcode,
+    plot_grokking_curves,
     plot_signed_spectrum,
     plot_spectrum_evolution,
     plot_summary,
@@ -56,7 +58,7 @@ __all__ = [
     # fiedler
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
     # curves
-    "first_crossing", "grokking_delay",
+    "first_crossing", "grokking_delay", "transition_window",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",
@@ -66,4 +68,5 @@ __all__ = [
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
     "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",
+    "plot_grokking_curves", "plot_density_evolution",
 ]

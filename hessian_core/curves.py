@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["first_crossing", "grokking_delay"]
+__all__ = ["first_crossing", "grokking_delay", "transition_window"]
 
 
 def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: float, *,
@@ -49,3 +49,19 @@ def grokking_delay(steps: Sequence[int], train_acc: Sequence[float], test_acc: S
     generalised = first_crossing(steps, test_acc, test_threshold)
     ratio = generalised / memorised if memorised and generalised is not None else None
     return {"memorised": memorised, "generalised": generalised, "ratio": ratio}
+
+
+def transition_window(steps: Sequence[int], test_acc: Sequence[float], *, low: float = 0.5,
+                      high: float = 0.95) -> dict:
+    """Where test accuracy climbs: the first logged steps with ``test_acc >= low`` and ``>= high``.
+
+    Args:
+        steps: ``[T]`` logged steps, ascending.
+        test_acc: ``[T]`` test accuracy in [0, 1].
+        low, high: the levels bounding the climb, ``0 <= low < high <= 1``.
+    Returns:
+        ``{"start", "end"}``: the two crossing steps (each ``None`` if never reached).
+    """
+    if not 0 <= low < high <= 1:
+        raise ValueError(f"low={low!r} and high={high!r} must satisfy 0 <= low < high <= 1")
+    return {"start": first_crossing(steps, test_acc, low), "end": first_crossing(steps, test_acc, high)}

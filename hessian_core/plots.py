@@ -21,6 +21,8 @@ __all__ = [
     "plot_summary",
     "save_dendrogram_gif",
     "plot_conv_filters",
+    "plot_grokking_curves",
+    "plot_density_evolution",
 ]
 
 
@@ -222,3 +224,97 @@ def plot_conv_filters(weight: np.ndarray, *, ncols: int = 8) -> plt.Figure:
     for ax, filt in zip(axes.flat, w):
         ax.imshow(filt, cmap="RdBu_r", vmin=-bound, vmax=bound)
     return fig
+
+
+def _shade_window(ax: Axes, window: tuple[float | None, float | None] | None) -> None:
+    """Shade ``[start, end]`` on a log step axis (steps ``<= 0`` drawn at 1); nothing if either end is None."""
+    if window is not None and None not in window:
+        ax.axvspan(max(window[0], 1), max(window[1], 1), color="C3", alpha=0.12, lw=0, label="transition")
+
+
+def plot_grokking_curves(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float], *,
+                         train_loss: Sequence[float] | None = None, test_loss: Sequence[float] | None = None,
+                         window: tuple[float | None, float | None] | None = None,
+                         marks: dict[str, float | None] | None = None,
+                         axes: Sequence[Axes] | None = None) -> list[Axes]:
+    """Train/test accuracy (and loss, if given) against the training step on a log axis, the transition shaded.
+
+    Args:
+        steps: ``[T]`` logged steps (``0`` is drawn at ``1``).
+        train_acc, test_acc: ``[T]`` accuracies in [0, 1], drawn in percent.
+        train_loss, test_loss: ``[T]`` losses; when both are given a second panel shows them on a log axis.
+        window: ``(start, end)`` steps of the transition to shade (e.g. from
+            :func:`hessian_core.curves.transition_window`); skipped if None or an end is None.
+        marks: label -> step of dotted vertical lines (e.g. the memorisation step); None steps are skipped.
+        axes: where to draw (one axis, or two with losses); new ones if None.
+    Returns:
+        the axes drawn on: ``[accuracy]`` or ``[accuracy, loss]``.
+    """
+    with_loss = train_loss is not None and test_loss is not None
+    n_panels = 2 if with_loss else 1
+    if axes is None:
+        axes = list(plt.subplots(1, n_panels, figsize=(6 * n_panels, 3.6), squeeze=False)[1][0])
+    if len(axes) < n_panels:
+        raise ValueError(f"need {n_panels} axes, got {len(axes)}")
+    x = np.maximum(np.asarray(steps, dtype=float), 1)
+    panels = [(axes[0], 100 * np.asarray(train_acc), 100 * np.asarray(test_acc), "accuracy (%)", False)]
+    if with_loss:
+        panels.append((axes[1], np.asarray(train_loss), np.asarray(test_loss), "cross-entropy", True))
+    for ax, train, test, ylabel, log_y in panels:
+        ax.plot(x, train, lw=1.4, label="train")
+        ax.plot(x, test, lw=1.4, label="test")
+        _shade_window(ax, window)
+        for i, (label, step) in enumerate((marks or {}).items()):
+            if step is not None:
+                ax.axvline(max(step, 1), color=f"C{4 + i}", ls=":", lw=1.2, label=label)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(frameon=False, fontsize=8)
+    return list(axes[:n_panels])
+
+
+def plot_density_evolution(steps: Sequence[int], densities: Sequence, *, scale: float = 1e-3, n_grid: int = 400,
+                           bandwidth: float = 0.15, ax: Axes | None = None) -> Axes:
+    """SLQ spectral densities over training as a heatmap on a signed-log eigenvalue axis.
+
+    Each checkpoint's quadrature nodes ``theta`` are mapped to ``u = asinh(theta / scale)`` (linear within
+    ``scale`` of zero, logarithmic beyond, sign kept) and smoothed there with a Gaussian of width ``bandwidth``,
+    so the near-zero bulk and the outliers decades away are both visible. Colour is ``log10`` of the density per
+    unit ``u`` (the fraction of eigenvalues per unit of the transformed axis).
+
+    Args:
+        steps: ``[T]`` checkpoint steps (column labels).
+        densities: ``T`` objects with ``nodes`` and ``weights`` ``ndarray[n_probes, m]``, such as
+            :class:`hessian_core.krylov.SpectralDensity`.
+        scale: eigenvalue magnitude where the axis turns from linear to logarithmic.
+        n_grid: grid points on the ``u`` axis.
+        bandwidth: Gaussian width in ``u``.
+    """
+    if not (scale > 0 and bandwidth > 0):
+        raise ValueError(f"scale={scale!r} and bandwidth={bandwidth!r} must be > 0")
+    ax = _axes(ax, (8, 4))
+    mapped = [np.arcsinh(np.asarray(d.nodes, dtype=float) / scale) for d in densities]
+    lo = min(u.min() for u in mapped) - 3 * bandwidth
+    hi = max(u.max() for u in mapped) + 3 * bandwidth
+    grid = np.linspace(lo, hi, n_grid)
+    columns = []
+    for u, d in zip(mapped, densities):
+        w = np.asarray(d.weights, dtype=float).reshape(-1) / u.shape[0]  # mean over probes
+        kernel = np.exp(-0.5 * ((grid[:, None] - u.reshape(-1)[None, :]) / bandwidth) ** 2)
+        columns.append(kernel @ w / (bandwidth * np.sqrt(2 * np.pi)))
+    rho = np.log10(np.maximum(np.array(columns).T, 1e-8))  # [n_grid, T]
+    mesh = ax.pcolormesh(np.arange(len(steps) + 1), _edges(grid), rho, cmap="viridis", shading="flat",
+                         vmin=max(rho.min(), rho.max() - 6))
+    plt.colorbar(mesh, ax=ax, label="log10 density")
+    ticks = np.array([-1e2, -1, -1e-2, 0, 1e-2, 1, 1e2, 1e4])
+    ticks = ticks[(np.arcsinh(ticks / scale) >= lo) & (np.arcsinh(ticks / scale) <= hi)]
+    ax.set_yticks(np.arcsinh(ticks / scale))
+    ax.set_yticklabels([f"{t:g}" for t in ticks])
+    ax.set_xticks(np.arange(len(steps)) + 0.5)
+    ax.set_xticklabels([str(s) for s in steps], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint (training step)")
+    ax.set_ylabel("eigenvalue λ (asinh scale)")
+    return ax

@@ -1,0 +1,48 @@
+"""The grokking chapter's helpers: the transition window read off a curve, and its figures."""
+
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from hessian_core.curves import transition_window  # noqa: E402
+from hessian_core.plots import plot_density_evolution, plot_grokking_curves  # noqa: E402
+
+
+def test_transition_window():
+    steps = [0, 100, 1000, 2000, 3000]
+    assert transition_window(steps, [0.0, 0.3, 0.6, 0.9, 0.97]) == {"start": 1000, "end": 3000}
+    assert transition_window(steps, [0.0, 0.3, 0.6, 0.9, 0.97], low=0.2, high=0.9) == {"start": 100, "end": 2000}
+    assert transition_window(steps, [0.0] * 5) == {"start": None, "end": None}
+    with pytest.raises(ValueError, match="low"):
+        transition_window(steps, [0.0] * 5, low=0.9, high=0.5)
+
+
+def test_plot_grokking_curves_panels_and_shading():
+    steps = np.array([0, 10, 100, 1000])
+    acc = [0.0, 0.5, 1.0, 1.0]
+    axes = plot_grokking_curves(steps, acc, acc, window=(10, 100), marks={"memorised": 100, "never": None})
+    assert len(axes) == 1 and axes[0].get_xscale() == "log"
+    labels = axes[0].get_legend_handles_labels()[1]
+    assert labels == ["train", "test", "transition", "memorised"]
+    axes = plot_grokking_curves(steps, acc, acc, train_loss=[1, 0.5, 0.1, 0.01], test_loss=[1, 1, 1, 0.1],
+                                window=(None, 100))
+    assert len(axes) == 2 and axes[1].get_yscale() == "log"
+    assert "transition" not in axes[0].get_legend_handles_labels()[1]  # an open window is not shaded
+    plt.close("all")
+
+
+def test_plot_density_evolution_grid_and_validation():
+    rng = np.random.default_rng(0)
+    densities = [SimpleNamespace(nodes=rng.normal(size=(3, 5)) * 10 ** k, weights=np.full((3, 5), 0.2))
+                 for k in range(3)]
+    ax = plot_density_evolution([0, 10, 100], densities)
+    mesh = ax.collections[0]
+    assert mesh.get_array().shape[1] == 3 if mesh.get_array().ndim == 2 else mesh.get_array().size % 3 == 0
+    with pytest.raises(ValueError, match="scale"):
+        plot_density_evolution([0], densities[:1], scale=0)
+    plt.close("all")
