@@ -33,6 +33,14 @@ from .plots import (
     save_dendrogram_gif,
 )
 from .results import ResultStore, parameter_key
+from .sharpness import (
+    PreconditionedOperator,
+    adam_preconditioner,
+    adam_stability_threshold,
+    hessian_extremes,
+    seed_spread,
+    stack_logs,
+)
 from .spectrum import DenseSpectrum, eigendecomposition, spectrum_stats
 from .training import (
     accuracy,
@@ -65,6 +73,9 @@ __all__ = [
     # training and results
     "train_sgd_with_checkpoints", "train_full_batch_adamw", "mnist_checkpoint_steps", "grokking_checkpoint_steps", "epoch_permutation", "accuracy",
     "ResultStore", "parameter_key", "glue_value",
+    # sharpness over training
+    "hessian_extremes", "adam_preconditioner", "adam_stability_threshold", "PreconditionedOperator",
+    "stack_logs", "seed_spread",
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
     "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",

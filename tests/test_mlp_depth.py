@@ -1,0 +1,117 @@
+"""The depth chapter's pieces: the one-hot MLP's lookup forward, Hessian-extreme logging, seed-spread curves."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hessian_core as hc
+
+
+def _explicit_onehot_logits(model: hc.ModAddMLP, params: dict, xy: torch.Tensor) -> torch.Tensor:
+    """The one-hot MLP written literally: concatenated one-hot vectors times the first weight matrix."""
+    h = nn.functional.one_hot(xy, model.p).to(torch.float64).flatten(1)
+    n_linear = model.depth + 1
+    for i in range(n_linear):
+        h = h @ params[f"layers.{2 * i}.weight"].t() + params[f"layers.{2 * i}.bias"]
+        if i < n_linear - 1:
+            h = torch.relu(h)
+    return h
+
+
+def _onehot_case():
+    model = hc.ModAddMLP(p=5, depth=2, width=4, input_encoding="onehot", seed=1).double()
+    xy = torch.randint(0, 5, (12, 2), generator=torch.Generator().manual_seed(2))
+    return model, xy, xy.sum(1) % 5
+
+
+def test_onehot_lookup_forward_equals_the_onehot_matmul():
+    model, xy, _ = _onehot_case()
+    params = dict(model.named_parameters())
+    torch.testing.assert_close(model(xy), _explicit_onehot_logits(model, params, xy), rtol=0, atol=1e-12)
+
+
+def test_onehot_lookup_hessian_equals_the_onehot_matmul_hessian():
+    model, xy, y = _onehot_case()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        parts, start = {}, 0
+        for name, shape in zip(names, shapes):
+            parts[name] = theta[start:start + shape.numel()].reshape(shape)
+            start += shape.numel()
+        return nn.functional.cross_entropy(_explicit_onehot_logits(model, parts, xy), y)
+
+    dense = torch.autograd.functional.hessian(loss, flat).numpy()
+    op = hc.hessian_operator(model, nn.CrossEntropyLoss(), (xy, y))
+    via_operator = op.matmat(np.eye(op.shape[0]))
+    np.testing.assert_allclose(via_operator, dense, rtol=0, atol=1e-12)
+
+
+def _small_trained_case(steps: int = 3):
+    """A tiny one-hot MLP after a few AdamW steps: ``(model, batch, optimiser)``."""
+    model, xy, y = _onehot_case()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5, betas=(0.9, 0.98))
+    for _ in range(steps):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(xy), y).backward()
+        optimiser.step()
+    return model, (xy, y), optimiser
+
+
+def test_hessian_extremes_match_the_dense_spectrum():
+    model, batch, optimiser = _small_trained_case()
+    loss_fn = nn.CrossEntropyLoss()
+    dense = hc.full_hessian(model, loss_fn, batch, progress=False).numpy()
+    P = hc.adam_preconditioner(optimiser.state_dict())
+    out = hc.hessian_extremes(model, loss_fn, batch, tol=1e-10, dtype=torch.float64, preconditioner=P)
+    lam = np.linalg.eigvalsh(dense)
+    scale = np.abs(lam).max()
+    assert abs(out["lambda_max"] - lam[-1]) < 1e-8 * scale
+    assert abs(out["lambda_min"] - lam[0]) < 1e-8 * scale
+    scaled = dense / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
+    assert np.isclose(out["preconditioned_lambda_max"], np.linalg.eigvalsh(scaled)[-1], rtol=1e-7)
+    assert out["n_hvp"] > 0 and out["seconds"] > 0
+
+
+def test_adam_preconditioner_reproduces_the_adamw_update():
+    """θ_{t+1} = θ_t (1 − η λ) − η m_t / P_t with P from :func:`adam_preconditioner`."""
+    model, (xy, y), optimiser = _small_trained_case()
+    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+    optimiser.zero_grad()
+    nn.functional.cross_entropy(model(xy), y).backward()
+    optimiser.step()
+    after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    state = optimiser.state_dict()
+    m = torch.cat([state["state"][i]["exp_avg"].reshape(-1) for i in state["param_groups"][0]["params"]])
+    P = torch.as_tensor(hc.adam_preconditioner(state))
+    expected = before * (1 - 1e-2 * 0.5) - 1e-2 * m / P
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-12)
+
+
+def test_adam_stability_threshold():
+    assert hc.adam_stability_threshold(1e-3, 0.9) == pytest.approx(38_000)
+    assert hc.adam_stability_threshold(0.1, 0.0) == pytest.approx(20)
+    with pytest.raises(ValueError, match="beta1"):
+        hc.adam_stability_threshold(1e-3, 1.0)
+
+
+def test_stack_logs_keeps_common_steps_and_marks_missing_values():
+    logs = [[{"step": 0, "a": 1.0}, {"step": 5, "a": 2.0}, {"step": 9, "a": 3.0}],
+            [{"step": 0, "a": 4.0}, {"step": 5}, {"step": 7, "a": 0.0}]]
+    steps, values = hc.stack_logs(logs, "a")
+    np.testing.assert_array_equal(steps, [0, 5])
+    np.testing.assert_array_equal(values, [[1.0, 2.0], [4.0, np.nan]])
+
+
+def test_seed_spread():
+    values = np.array([[1.0, 10.0], [4.0, 1000.0]])
+    out = hc.seed_spread(values)
+    np.testing.assert_allclose(out["centre"], [2.5, 505.0])
+    np.testing.assert_allclose(out["low"], [1.0, 10.0])
+    np.testing.assert_allclose(out["high"], [4.0, 1000.0])
+    np.testing.assert_allclose(hc.seed_spread(values, log=True)["centre"], [2.0, 100.0])
+    with pytest.raises(ValueError, match="values"):
+        hc.seed_spread(np.ones(3))
