@@ -3,7 +3,7 @@
 The public API is re-exported here; each module has one job (see the README's table).
 """
 
-from .curves import first_crossing, grokking_delay, transition_window
+from .curves import first_crossing, grokking_delay, transition_checkpoints, transition_window
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
@@ -66,7 +66,7 @@ __all__ = [
     # fiedler
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
     # curves
-    "first_crossing", "grokking_delay", "transition_window",
+    "first_crossing", "grokking_delay", "transition_window", "transition_checkpoints",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",

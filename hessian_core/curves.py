@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["first_crossing", "grokking_delay", "transition_window"]
+__all__ = ["first_crossing", "grokking_delay", "transition_window", "transition_checkpoints"]
 
 
 def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: float, *,
@@ -65,3 +65,34 @@ def transition_window(steps: Sequence[int], test_acc: Sequence[float], *, low: f
     if not 0 <= low < high <= 1:
         raise ValueError(f"low={low!r} and high={high!r} must satisfy 0 <= low < high <= 1")
     return {"start": first_crossing(steps, test_acc, low), "end": first_crossing(steps, test_acc, high)}
+
+
+def transition_checkpoints(checkpoint_steps: Sequence[int], window: dict) -> dict[str, int]:
+    """Three checkpoints that bracket a transition: the last before it, one inside it, the first after it.
+
+    Args:
+        checkpoint_steps: saved steps, ascending.
+        window: ``{"start", "end"}`` from :func:`transition_window`.
+    Returns:
+        ``{"before", "during", "after"}``: ``before`` is the last checkpoint ``< start`` (the first checkpoint if
+        none), ``after`` the first ``>= end`` (the last if none), ``during`` the checkpoint strictly between them
+        closest to the window's middle on a log step axis (``sqrt(start * end)``; ``before`` or ``after`` itself
+        if no checkpoint lies between them). If the window is open (an end is ``None``: no transition), the
+        first, middle and last checkpoints are returned under the same keys.
+    """
+    steps = np.asarray(sorted(int(s) for s in checkpoint_steps))
+    if steps.size == 0:
+        raise ValueError("checkpoint_steps is empty")
+    start, end = window.get("start"), window.get("end")
+    if start is None or end is None:
+        return {"before": int(steps[0]), "during": int(steps[len(steps) // 2]), "after": int(steps[-1])}
+    earlier, later = steps[steps < start], steps[steps >= end]
+    before = int(earlier[-1]) if earlier.size else int(steps[0])
+    after = int(later[0]) if later.size else int(steps[-1])
+    inside = steps[(steps > before) & (steps < after)]
+    middle = np.sqrt(max(start, 1) * max(end, 1))
+    if inside.size:
+        during = int(inside[np.argmin(np.abs(np.log(np.maximum(inside, 1)) - np.log(middle)))])
+    else:
+        during = before if abs(np.log(max(before, 1) / middle)) < abs(np.log(after / middle)) else after
+    return {"before": before, "during": during, "after": after}

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hessian_core.curves import transition_window  # noqa: E402
+from hessian_core.curves import transition_checkpoints, transition_window  # noqa: E402
 from hessian_core.plots import plot_density_evolution, plot_grokking_curves  # noqa: E402
 
 
@@ -46,3 +46,13 @@ def test_plot_density_evolution_grid_and_validation():
     with pytest.raises(ValueError, match="scale"):
         plot_density_evolution([0], densities[:1], scale=0)
     plt.close("all")
+
+
+def test_transition_checkpoints():
+    checkpoints = [0, 100, 500, 1000, 2000, 4000, 8000]
+    picks = transition_checkpoints(checkpoints, {"start": 900, "end": 3500})
+    assert picks == {"before": 500, "during": 2000, "after": 4000}  # sqrt(900 * 3500) ~ 1775
+    assert transition_checkpoints(checkpoints, {"start": 1000, "end": 1000})["before"] == 500
+    assert transition_checkpoints(checkpoints, {"start": None, "end": None}) == {
+        "before": 0, "during": 1000, "after": 8000}
+    assert transition_checkpoints(checkpoints, {"start": 9000, "end": 9500})["after"] == 8000
