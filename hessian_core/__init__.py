@@ -28,6 +28,7 @@ from .plots import (
     plot_grokking_curves,
     plot_signed_spectrum,
     plot_spectrum_evolution,
+    plot_seed_spread,
     plot_summary,
     plot_truncated_dendrogram,
     save_dendrogram_gif,
@@ -79,5 +80,5 @@ __all__ = [
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
     "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",
-    "plot_grokking_curves", "plot_density_evolution",
+    "plot_grokking_curves", "plot_density_evolution", "plot_seed_spread",
 ]

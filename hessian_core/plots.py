@@ -23,6 +23,7 @@ __all__ = [
     "plot_conv_filters",
     "plot_grokking_curves",
     "plot_density_evolution",
+    "plot_seed_spread",
 ]
 
 
@@ -318,3 +319,30 @@ def plot_density_evolution(steps: Sequence[int], densities: Sequence, *, scale: 
     ax.set_xlabel("checkpoint (training step)")
     ax.set_ylabel("eigenvalue λ (asinh scale)")
     return ax
+
+
+def plot_seed_spread(steps: Sequence[int], values: np.ndarray, *, ax: Axes | None = None, label: str | None = None,
+                     color=None, log: bool = False, runs: bool = False) -> Axes:
+    """One quantity over training for several runs (seeds): the mean as a line, the min–max range shaded.
+
+    Args:
+        steps: ``[T]`` logged steps.
+        values: ``ndarray[R, T]``, one row per run (NaN where missing).
+        log: log y axis, and the geometric mean as the centre (values must be positive).
+        runs: also draw every run as a thin line.
+    """
+    from .sharpness import seed_spread
+
+    ax = _axes(ax)
+    values = np.asarray(values, dtype=float)
+    spread = seed_spread(values, log=log)
+    line, = ax.plot(steps, spread["centre"], color=color, lw=1.5, label=label)
+    ax.fill_between(steps, spread["low"], spread["high"], color=line.get_color(), alpha=0.2, lw=0)
+    if runs:
+        for row in values:
+            ax.plot(steps, row, color=line.get_color(), lw=0.5, alpha=0.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    return ax
+

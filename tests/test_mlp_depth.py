@@ -115,3 +115,12 @@ def test_seed_spread():
     np.testing.assert_allclose(hc.seed_spread(values, log=True)["centre"], [2.0, 100.0])
     with pytest.raises(ValueError, match="values"):
         hc.seed_spread(np.ones(3))
+
+
+def test_plot_seed_spread_draws_mean_and_band():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = hc.plot_seed_spread([0, 1, 2], np.array([[1.0, 2.0, 4.0], [3.0, 2.0, np.nan]]), label="a", runs=True)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [2.0, 2.0, 4.0])
+    assert len(ax.lines) == 3 and len(ax.collections) == 1
