@@ -7,6 +7,8 @@ from .curves import first_crossing, grokking_delay, transition_checkpoints, tran
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
+from .grokking import (ModAddRun, dense_spectrum, extreme_eigenvalues, hessian_batch, slq_density, slq_stats,
+                       train_modadd)
 from .krylov import (
     LanczosConvergenceError,
     SpectralDensity,
@@ -68,6 +70,9 @@ __all__ = [
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
     # curves
     "first_crossing", "grokking_delay", "transition_window", "transition_checkpoints",
+    # the grokking experiment
+    "ModAddRun", "train_modadd", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
+    "dense_spectrum",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",

@@ -56,3 +56,49 @@ def test_transition_checkpoints():
     assert transition_checkpoints(checkpoints, {"start": None, "end": None}) == {
         "before": 0, "during": 1000, "after": 8000}
     assert transition_checkpoints(checkpoints, {"start": 9000, "end": 9500})["after"] == 8000
+
+
+def test_slq_stats_match_exact_statistics_when_quadrature_is_exact():
+    from hessian_core.krylov import spectral_density
+    from hessian_core.grokking import slq_stats
+    from hessian_core.spectrum import spectrum_stats
+
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    lam = np.concatenate([-np.logspace(-3, 0, 5), np.logspace(-4, 2, 25)])
+    A = Q @ np.diag(lam) @ Q.T
+    density = spectral_density(A, n_probes=4, n_steps=30, progress=False)  # full Krylov space: exact rules
+    est, exact = slq_stats(density.nodes, density.weights, 30), spectrum_stats(lam)
+    assert est["trace"] == pytest.approx(exact["trace"], rel=0.5)  # Rademacher probes: unbiased, not exact
+    assert est["abs_trace"] == pytest.approx(np.abs(lam).sum(), rel=0.5)
+    assert est["spectral_entropy"] == pytest.approx(exact["spectral_entropy"], rel=0.5)
+    exact_rule = slq_stats(lam[None, :], np.full((1, 30), 1 / 30), 30)  # the spectral measure itself
+    assert exact_rule["trace"] == pytest.approx(exact["trace"])
+    assert exact_rule["spectral_entropy"] == pytest.approx(exact["spectral_entropy"])
+    assert exact_rule["negative_mass_fraction"] == pytest.approx(exact["negative_mass_fraction"])
+    assert exact_rule["n_negative"] == pytest.approx(5)
+
+
+def test_train_modadd_resumes_and_spectra_agree(tmp_path):
+    import torch
+
+    from hessian_core.grokking import dense_spectrum, extreme_eigenvalues, hessian_batch, slq_density, train_modadd
+
+    torch.set_num_threads(1)
+    kwargs = dict(p=7, train_fraction=0.5, seed=0, d_model=4, n_heads=1, d_mlp=8, lr=1e-2, weight_decay=0.5,
+                  betas=(0.9, 0.98), n_steps=20, log_every=5, checkpoint_steps=[0, 10])
+    run = train_modadd(str(tmp_path), "t", progress=False, **kwargs)
+    assert run.checkpoint_steps == [0, 10, 20] and list(run.curve("step")) == [0, 5, 10, 15, 20]
+    again = train_modadd(str(tmp_path), "t", progress=False, **kwargs)
+    assert again.log == run.log  # loaded, not retrained
+    model, batch = run.model_at(20), hessian_batch(7, 0.5, 0, 10)
+    dense = dense_spectrum(model, batch, n_vectors=2)
+    extremes = extreme_eigenvalues(model, batch, k=3, tol=1e-10)
+    lam = dense["eigenvalues"]
+    assert np.allclose(extremes["eigenvalues"], np.concatenate([lam[:3], lam[-3:]]), atol=1e-8 * abs(lam).max())
+    slq = slq_density(model, batch, n_probes=2, n_steps=5)
+    assert slq["nodes"].shape == (2, 5) and slq["hvps"] == 10
+    with pytest.raises(ValueError, match="n_samples"):
+        hessian_batch(7, 0.5, 0, 100)
+    with pytest.raises(ValueError, match="log_every"):
+        train_modadd(str(tmp_path), "t", progress=False, **{**kwargs, "log_every": 0})
