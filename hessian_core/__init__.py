@@ -6,6 +6,7 @@ The public API is re-exported here; each module has one job (see the README's ta
 from .curves import first_crossing, grokking_delay, transition_checkpoints, transition_window
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
+from .experiments import MnistLenetRun, hessian_subsample, mnist_lenet_run
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
 from .grokking import (ModAddRun, dense_spectrum, extreme_eigenvalues, hessian_batch, slq_density, slq_stats,
                        train_modadd)
@@ -18,6 +19,7 @@ from .krylov import (
     spectral_density,
     top_eigenvalue,
 )
+from .mlp_depth import checkpoint_hessian_extremes, full_batch_evaluator, modadd_mlp_run, value_at_step
 from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
 from .notebook import glue_value
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
@@ -70,6 +72,8 @@ __all__ = [
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
     # curves
     "first_crossing", "grokking_delay", "transition_window", "transition_checkpoints",
+    # shared experiment set-ups
+    "MnistLenetRun", "mnist_lenet_run", "hessian_subsample",
     # the grokking experiment
     "ModAddRun", "train_modadd", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
     "dense_spectrum",
@@ -82,6 +86,8 @@ __all__ = [
     # sharpness over training
     "hessian_extremes", "adam_preconditioner", "adam_stability_threshold", "PreconditionedOperator",
     "stack_logs", "seed_spread",
+    # the depth chapter's runs
+    "modadd_mlp_run", "full_batch_evaluator", "checkpoint_hessian_extremes", "value_at_step",
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
     "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",

@@ -1,0 +1,41 @@
+"""The shared MNIST run set-up: stable results key, subsets, nested Hessian subsamples."""
+
+import os
+
+import pytest
+import torch
+
+from hessian_core.experiments import hessian_subsample, mnist_lenet_run
+from hessian_core.results import parameter_key
+
+needs_mnist = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR not set")
+
+
+@needs_mnist
+def test_key_is_the_mnist_chapters(tmp_path):
+    run = mnist_lenet_run(str(tmp_path), None, seed=42, epochs=30, batch_size=128, lr=0.01, momentum=0.9, n_train=0,
+                          n_test=0, hessian_samples=50, n_vectors=50, download=False)
+    # The fields the MNIST chapter has keyed its results by since its first run; changing them orphans results.
+    expected = dict(seed=42, epochs=30, batch_size=128, lr=0.01, momentum=0.9, n_train=0, n_test=10_000,
+                    hessian_samples=50, n_vectors=50, model="lenet_tiny")
+    assert run.store.key == parameter_key(expected)
+    assert len(run.checkpoints) == 25 and run.checkpoints[-1] == 14_070
+    assert len(run.train[0]) == 60_000 and len(run.test[0]) == 10_000
+
+
+@needs_mnist
+def test_subsets_and_bad_sizes(tmp_path):
+    run = mnist_lenet_run(str(tmp_path), None, seed=1, epochs=1, batch_size=64, lr=0.1, momentum=0.0, n_train=300,
+                          n_test=100, hessian_samples=5, n_vectors=1, download=False)
+    assert len(run.train[0]) == 300 and len(run.test[0]) == 100 and run.checkpoints == [0, 5]
+    with pytest.raises(ValueError, match="n_train"):
+        mnist_lenet_run(str(tmp_path), None, seed=1, epochs=1, batch_size=64, lr=0.1, momentum=0.0, n_train=-1,
+                        n_test=0, hessian_samples=5, n_vectors=1, download=False)
+
+
+def test_hessian_subsamples_are_nested():
+    x, y = torch.arange(100.0).unsqueeze(1), torch.arange(100)
+    small, large = hessian_subsample(x, y, 10, 3), hessian_subsample(x, y, 50, 3)
+    assert torch.equal(small[0], large[0][:10]) and torch.equal(small[1], large[1][:10])
+    with pytest.raises(ValueError, match="n="):
+        hessian_subsample(x, y, 101, 3)
