@@ -124,3 +124,39 @@ def test_plot_seed_spread_draws_mean_and_band():
     ax = hc.plot_seed_spread([0, 1, 2], np.array([[1.0, 2.0, 4.0], [3.0, 2.0, np.nan]]), label="a", runs=True)
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [2.0, 2.0, 4.0])
     assert len(ax.lines) == 3 and len(ax.collections) == 1
+
+
+_TINY_RUN = dict(p=7, depth=2, width=8, input_encoding="onehot", train_fraction=0.5, split_seed=0, seed=1,
+                 n_steps=20, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98), log_every=5, hessian_every=10,
+                 lanczos_tol=1e-6, hessian_dtype="float64", progress=False)
+
+
+def test_modadd_mlp_run_logs_metrics_and_hessians_and_resumes(tmp_path):
+    run = hc.modadd_mlp_run(tmp_path, **_TINY_RUN)
+    assert [r["step"] for r in run["log"]] == [0, 5, 10, 15, 20]
+    assert [r["step"] for r in run["hessian"]] == [0, 10, 20]
+    for r in run["log"]:
+        assert {"train_loss", "train_acc", "test_loss", "test_acc", "grad_norm"} <= set(r) and r["grad_norm"] > 0
+    first, later = run["hessian"][0], run["hessian"][1:]
+    assert np.isnan(first["preconditioned_lambda_max"])
+    assert all(r["lambda_min"] <= r["lambda_max"] and r["preconditioned_lambda_max"] > 0 for r in later)
+    hessian_files = sorted((tmp_path / "mlp_depth_modadd_hessian").rglob("hessian_*.pt"))
+    stamps = [f.stat().st_mtime_ns for f in hessian_files]
+    again = hc.modadd_mlp_run(tmp_path, **_TINY_RUN)  # everything cached: nothing is recomputed
+    np.testing.assert_equal(again["log"], run["log"])
+    np.testing.assert_equal(again["hessian"], run["hessian"])
+    assert [f.stat().st_mtime_ns for f in hessian_files] == stamps
+
+
+def test_modadd_mlp_run_checks_its_parameters_first(tmp_path):
+    with pytest.raises(ValueError, match="hessian_dtype"):
+        hc.modadd_mlp_run(tmp_path, **{**_TINY_RUN, "hessian_dtype": "half"})
+    with pytest.raises(ValueError, match="log_every"):
+        hc.modadd_mlp_run(tmp_path, **{**_TINY_RUN, "log_every": 0})
+    assert not any(tmp_path.iterdir())
+
+
+def test_value_at_step():
+    assert hc.value_at_step([0, 10], [1.0, 3.0], 5) == pytest.approx(2.0)
+    assert hc.value_at_step([0, 10], [1.0, 100.0], 5, log=True) == pytest.approx(10.0)
+    assert np.isnan(hc.value_at_step([0, 10], [1.0, 3.0], 11))
