@@ -8,8 +8,8 @@ from .data import download_mnist, load_mnist, modular_addition_split, resolve_mn
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .experiments import MnistLenetRun, hessian_subsample, mnist_lenet_run
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
-from .grokking import (ModAddRun, dense_spectrum, extreme_eigenvalues, hessian_batch, slq_density, slq_stats,
-                       train_modadd)
+from .grokking import (ModAddRun, dense_spectrum, extreme_eigenvalues, hessian_batch, modadd_checkpoint_steps,
+                       slq_density, slq_stats, train_modadd)
 from .krylov import (
     LanczosConvergenceError,
     SpectralDensity,
@@ -76,7 +76,7 @@ __all__ = [
     # shared experiment set-ups
     "MnistLenetRun", "mnist_lenet_run", "hessian_subsample",
     # the grokking experiment
-    "ModAddRun", "train_modadd", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
+    "ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
     "dense_spectrum",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",

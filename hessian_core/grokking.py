@@ -26,7 +26,7 @@ from .results import ResultStore
 from .spectrum import eigendecomposition
 from .training import accuracy, train_full_batch_adamw
 
-__all__ = ["ModAddRun", "train_modadd", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
+__all__ = ["ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
            "dense_spectrum"]
 
 _MODEL_KEYS = ("p", "d_model", "n_heads", "d_mlp", "seed")
@@ -99,6 +99,22 @@ def train_modadd(root: str, experiment: str, *, p: int, train_fraction: float, s
     return ModAddRun(params=params, store=store, log=log, checkpoint_steps=checkpoints)
 
 
+def modadd_checkpoint_steps(n_steps: int, *, dense_every: int, dense_until: int, sparse_every: int) -> list[int]:
+    """Steps 0, 10, 50, 100, 200, 500; every ``dense_every`` from 1,000 to ``dense_until``; every ``sparse_every``
+    from ``dense_until`` to ``n_steps``; and ``n_steps``. Steps beyond ``n_steps`` are dropped.
+
+    With ``dense_every=100, dense_until=5000`` the first part is the design note's; its 5K-15K and 15K-40K tiers
+    become one ``sparse_every`` tier here, so a run can spend its checkpoints where its transition lies.
+    """
+    for name, value in (("n_steps", n_steps), ("dense_every", dense_every), ("dense_until", dense_until),
+                        ("sparse_every", sparse_every)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    steps = {0, 10, 50, 100, 200, 500, n_steps}
+    steps |= set(range(1000, dense_until + 1, dense_every)) | set(range(dense_until, n_steps + 1, sparse_every))
+    return sorted(s for s in steps if s <= n_steps)
+
+
 def hessian_batch(p: int, train_fraction: float, seed: int, n_samples: int) -> tuple[Tensor, Tensor]:
     """A fixed subsample of ``n_samples`` training pairs (seed ``seed + 1``): ``(LongTensor[n, 3], LongTensor[n])``."""
     train_x, train_y = modular_addition_split(p, train_fraction, seed)["train"]
@@ -109,15 +125,17 @@ def hessian_batch(p: int, train_fraction: float, seed: int, n_samples: int) -> t
 
 
 def extreme_eigenvalues(model: nn.Module, batch: tuple[Tensor, Tensor], *, k: int, tol: float,
-                        seed: int = 0) -> dict:
+                        block_size: int = 1, seed: int = 0) -> dict:
     """The ``k`` smallest and ``k`` largest Hessian eigenvalues (float64, :func:`hessian_core.lanczos`).
+
+    ``block_size > 1`` runs block Lanczos: more HVPs, but batched ones, which cost far less each here.
 
     Returns:
         ``{"eigenvalues": ndarray[2k] ascending, "loss", "hvps", "seconds"}``.
     """
     started = time.perf_counter()
     op = hessian_operator(model, nn.CrossEntropyLoss(), batch)
-    values = lanczos(op, k, which="both", tol=tol, seed=seed, progress=False)
+    values = lanczos(op, k, which="both", tol=tol, seed=seed, block_size=block_size, progress=False)
     return dict(eigenvalues=np.asarray(values), loss=op.loss, hvps=op.n_products,
                 seconds=time.perf_counter() - started)
 

@@ -102,3 +102,14 @@ def test_train_modadd_resumes_and_spectra_agree(tmp_path):
         hessian_batch(7, 0.5, 0, 100)
     with pytest.raises(ValueError, match="log_every"):
         train_modadd(str(tmp_path), "t", progress=False, **{**kwargs, "log_every": 0})
+
+
+def test_modadd_checkpoint_steps():
+    from hessian_core.grokking import modadd_checkpoint_steps
+
+    steps = modadd_checkpoint_steps(20000, dense_every=500, dense_until=3000, sparse_every=5000)
+    assert steps == [0, 10, 50, 100, 200, 500, 1000, 1500, 2000, 2500, 3000, 8000, 13000, 18000, 20000]
+    assert modadd_checkpoint_steps(300, dense_every=100, dense_until=5000, sparse_every=1000) == [
+        0, 10, 50, 100, 200, 300]
+    with pytest.raises(ValueError, match="dense_every"):
+        modadd_checkpoint_steps(300, dense_every=0, dense_until=5000, sparse_every=1000)
