@@ -30,7 +30,8 @@ def full_batch_evaluator(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tenso
     """``evaluate(step, model) -> dict`` for :func:`hessian_core.train_full_batch_adamw`.
 
     The dict holds ``train_loss, train_acc, test_loss, test_acc`` (mean cross-entropy and accuracy),
-    ``grad_norm`` (the Euclidean norm of the full-batch training-loss gradient) and ``eval_seconds``.
+    ``grad_norm`` (the Euclidean norm of the full-batch training-loss gradient), ``param_norm`` (of all
+    parameters; weight decay acts on it) and ``eval_seconds``.
     """
     def evaluate(step: int, model: nn.Module) -> dict:
         started = time.perf_counter()
@@ -38,10 +39,12 @@ def full_batch_evaluator(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tenso
         test_loss, test_acc = accuracy(model, *test)
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(train[0]), train[1]).backward()
-        grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters())).item()
+        with torch.no_grad():
+            grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters())).item()
+            param_norm = torch.sqrt(sum((p ** 2).sum() for p in model.parameters())).item()
         model.zero_grad(set_to_none=True)
         return dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                    grad_norm=grad_norm, eval_seconds=time.perf_counter() - started)
+                    grad_norm=grad_norm, param_norm=param_norm, eval_seconds=time.perf_counter() - started)
 
     return evaluate
 

@@ -136,7 +136,8 @@ def test_modadd_mlp_run_logs_metrics_and_hessians_and_resumes(tmp_path):
     assert [r["step"] for r in run["log"]] == [0, 5, 10, 15, 20]
     assert [r["step"] for r in run["hessian"]] == [0, 10, 20]
     for r in run["log"]:
-        assert {"train_loss", "train_acc", "test_loss", "test_acc", "grad_norm"} <= set(r) and r["grad_norm"] > 0
+        assert {"train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "param_norm"} <= set(r)
+        assert r["grad_norm"] > 0 and r["param_norm"] > 0
     first, later = run["hessian"][0], run["hessian"][1:]
     assert np.isnan(first["preconditioned_lambda_max"])
     assert all(r["lambda_min"] <= r["lambda_max"] and r["preconditioned_lambda_max"] > 0 for r in later)
