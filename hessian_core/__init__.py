@@ -24,11 +24,13 @@ from .mlp_depth import checkpoint_hessian_extremes, full_batch_evaluator, modadd
 from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
 from .notebook import glue_value
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
+from .partitions import adjusted_rand_index, composition, parameter_labels, top_clusters
 from .plots import (
     plot_cluster_counts,
     plot_cluster_heatmap,
     plot_conv_filters,
     plot_density_evolution,
+    plot_fiedler_dendrogram,
     plot_gap_barcode,
     plot_grokking_curves,
     plot_signed_spectrum,
@@ -78,6 +80,8 @@ __all__ = [
     # the grokking experiment
     "ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
     "dense_spectrum",
+    # partitions
+    "parameter_labels", "adjusted_rand_index", "composition", "top_clusters",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",
@@ -94,5 +98,6 @@ __all__ = [
     # plots
     "plot_signed_spectrum", "plot_cluster_counts", "plot_truncated_dendrogram", "plot_spectrum_evolution",
     "plot_cluster_heatmap", "plot_gap_barcode", "plot_summary", "save_dendrogram_gif", "plot_conv_filters",
+    "plot_fiedler_dendrogram",
     "plot_grokking_curves", "plot_density_evolution", "plot_seed_spread",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "plot_grokking_curves",
     "plot_density_evolution",
     "plot_seed_spread",
+    "plot_fiedler_dendrogram",
 ]
 
 
@@ -346,3 +347,45 @@ def plot_seed_spread(steps: Sequence[int], values: np.ndarray, *, ax: Axes | Non
     ax.set_xlabel("step")
     return ax
 
+
+
+def plot_fiedler_dendrogram(linkage: np.ndarray, groups: np.ndarray, group_names: Sequence[str], *,
+                            leaves: int = 24, axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
+    """A parameter dendrogram truncated to its top ``leaves`` clusters, each leaf coloured by layer composition.
+
+    Top: the truncated tree (merge heights on the y axis). Bottom: under each leaf a stacked bar with the fraction
+    of that cluster's parameters from each group (layer), so a leaf's colour says which layers it holds.
+
+    Args:
+        linkage: ``[P-1, 4]`` scipy linkage over parameters (e.g. :func:`hessian_core.fiedler_linkage`).
+        groups: ``int[P]`` group (layer) of each parameter, in ``[0, len(group_names))``.
+        group_names: legend labels.
+        leaves: how many clusters to show.
+        axes: (tree axes, bar axes); a new figure if ``None``.
+    """
+    import seaborn as sns
+
+    if axes is None:
+        _, axes = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    tree_ax, bar_ax = axes
+    n = len(groups)
+    info = hierarchy.dendrogram(linkage, truncate_mode="lastp", p=leaves, ax=tree_ax, no_labels=True,
+                                color_threshold=0, above_threshold_color="0.3", show_leaf_counts=False)
+    _, nodes = hierarchy.to_tree(linkage, rd=True)
+    colours = sns.color_palette("colorblind", len(group_names))
+    # scipy places leaf i at x = 10 i + 5.
+    for i, leaf in enumerate(info["leaves"]):
+        members = np.asarray(nodes[leaf].pre_order()) if leaf >= n else np.array([leaf])
+        fractions = np.bincount(groups[members], minlength=len(group_names)) / len(members)
+        bottom = 0.0
+        for g, f in enumerate(fractions):
+            bar_ax.bar(10 * i + 5, f, width=9, bottom=bottom, color=colours[g],
+                       label=group_names[g] if i == 0 else None)
+            bottom += f
+        bar_ax.text(10 * i + 5, 1.02, str(len(members)), ha="center", va="bottom", fontsize=7, rotation=90)
+    tree_ax.set_ylabel("merge height")
+    bar_ax.set_ylim(0, 1.35)
+    bar_ax.set_ylabel("layer share")
+    bar_ax.set_yticks([0, 0.5, 1])
+    bar_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return tree_ax, bar_ax
