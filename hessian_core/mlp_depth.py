@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from .data import modular_addition_split
+from .krylov import lanczos
 from .models import ModAddMLP, n_parameters
+from .operators import hessian_operator
 from .results import ResultStore
 from .sharpness import adam_preconditioner, hessian_extremes
 from .training import accuracy, train_full_batch_adamw
@@ -82,18 +84,21 @@ def checkpoint_hessian_extremes(train_store: ResultStore, hessian_store: ResultS
 def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, input_encoding: str,
                    train_fraction: float, split_seed: int, seed: int, n_steps: int, lr: float, weight_decay: float,
                    betas: tuple[float, float], log_every: int, hessian_every: int, lanczos_tol: float,
-                   hessian_dtype: str, progress: bool = True) -> dict:
+                   hessian_dtype: str, top_k: int = 0, progress: bool = True) -> dict:
     """Train one MLP on ``(a + b) mod p`` and compute its Hessian extremes over training (resumable).
 
     Training: full-batch AdamW for ``n_steps`` on a ``train_fraction`` split of all ``p²`` pairs (split seeded by
     ``split_seed``, initialisation by ``seed``); every ``log_every`` steps the metrics of
     :func:`full_batch_evaluator`; a checkpoint every ``hessian_every`` steps (0: none but the last). Hessians:
-    at every checkpoint, on the full training set (:func:`checkpoint_hessian_extremes`).
+    at every checkpoint, on the full training set (:func:`checkpoint_hessian_extremes`); with ``top_k > 0`` also
+    the ``top_k`` largest eigenvalues at the last checkpoint (same tolerance and precision).
 
     Returns:
-        ``{"log": [records], "hessian": [records], "n_params": P, "memorised"/"generalised": steps or None}``
-        — see :func:`hessian_core.grokking_delay` for the last two.
+        ``{"log": [records], "hessian": [records], "n_params": P, "memorised"/"generalised": steps or None,
+        "top": ndarray[top_k] ascending or None}`` — see :func:`hessian_core.grokking_delay` for the middle two.
     """
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k={top_k!r} must be a non-negative integer")
     if hessian_dtype not in _DTYPES:
         raise ValueError(f"hessian_dtype={hessian_dtype!r} must be one of {sorted(_DTYPES)}")
     if not isinstance(log_every, int) or not 1 <= log_every <= n_steps:
@@ -121,10 +126,17 @@ def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, i
     hessian = checkpoint_hessian_extremes(train_store, hessian_store, sorted(set(checkpoints) | {n_steps}),
                                           make_model, split["train"], tol=lanczos_tol,
                                           dtype=_DTYPES[hessian_dtype], progress=progress)
+    top = None
+    if top_k:
+        def compute_top() -> np.ndarray:
+            op = hessian_operator(model, nn.CrossEntropyLoss(), split["train"], dtype=_DTYPES[hessian_dtype])
+            return lanczos(op, top_k, which="largest", tol=lanczos_tol, progress=False)
+
+        top = hessian_store.cached(f"top{top_k}_{n_steps:07d}", compute_top)
     from .curves import grokking_delay
 
     delay = grokking_delay([r["step"] for r in log], [r["train_acc"] for r in log], [r["test_acc"] for r in log])
-    return {"log": log, "hessian": hessian, "n_params": n_parameters(model), **delay}
+    return {"log": log, "hessian": hessian, "n_params": n_parameters(model), **delay, "top": top}
 
 
 def value_at_step(steps: np.ndarray, values: np.ndarray, at: float, *, log: bool = False) -> float:

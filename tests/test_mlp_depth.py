@@ -149,6 +149,17 @@ def test_modadd_mlp_run_logs_metrics_and_hessians_and_resumes(tmp_path):
     assert [f.stat().st_mtime_ns for f in hessian_files] == stamps
 
 
+def test_modadd_mlp_run_top_k_matches_the_dense_spectrum(tmp_path):
+    run = hc.modadd_mlp_run(tmp_path, **{**_TINY_RUN, "top_k": 3, "lanczos_tol": 1e-10})
+    model = hc.ModAddMLP(7, 2, 8, "onehot", 1)
+    final = next((tmp_path / "mlp_depth_modadd").rglob("checkpoint_0000020.pt"))
+    model.load_state_dict(torch.load(final, weights_only=False)["model"])
+    split = hc.modular_addition_split(7, 0.5, 0, with_equals=False)
+    dense = hc.full_hessian(model, nn.CrossEntropyLoss(), split["train"], progress=False).numpy()
+    np.testing.assert_allclose(run["top"], np.linalg.eigvalsh(dense)[-3:], rtol=1e-8, atol=1e-12)
+    assert run["hessian"][-1]["lambda_max"] == pytest.approx(run["top"][-1], rel=1e-8)
+
+
 def test_modadd_mlp_run_checks_its_parameters_first(tmp_path):
     with pytest.raises(ValueError, match="hessian_dtype"):
         hc.modadd_mlp_run(tmp_path, **{**_TINY_RUN, "hessian_dtype": "half"})
