@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,8 +39,9 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 from numpy.typing import NDArray
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+
+from ._threads import blas_threads_limited
 
 __all__ = [
     "coupling_graph",
@@ -62,21 +62,6 @@ DEFAULT_DENSE_MAX = 1000
 # Rows per block when scanning sweep cuts: bounds the temporary memory to
 # _SWEEP_BLOCK x |S| floats instead of |S| x |S|.
 _SWEEP_BLOCK = 256
-
-
-# ----------------------------------------------------------------------------- BLAS threads
-@contextlib.contextmanager
-def _blas_threads_limited(threads: int | None) -> Iterator[None]:
-    """Temporarily cap the BLAS thread pools of numpy/scipy (``threadpoolctl``); restored afterwards.
-
-    Why: Fiedler bisection makes thousands of small LAPACK calls, and multi-threaded BLAS spends small calls
-    synchronising threads (badly so when other processes share the cores).
-    """
-    if threads is None:
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
 
 
 # ----------------------------------------------------------------------------- validation
@@ -556,7 +541,7 @@ def fiedler_linkage(
     stack = [0]
     bar = tqdm(total=n_params, desc="Fiedler bisection", unit="param", disable=not progress)
     with contextlib.ExitStack() as cleanup:
-        cleanup.enter_context(_blas_threads_limited(blas_threads))
+        cleanup.enter_context(blas_threads_limited(blas_threads))
         cleanup.callback(bar.close)
         while stack:
             node = nodes[stack.pop()]

@@ -27,6 +27,8 @@ from numpy.typing import ArrayLike
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from tqdm.auto import tqdm
 
+from ._threads import blas_threads_limited
+
 __all__ = [
     "LanczosConvergenceError",
     "LanczosResult",
@@ -295,6 +297,7 @@ def lanczos_solve(
     block_size: int = 1,
     failure_probability: float = 1e-6,
     progress: bool = True,
+    blas_threads: int | None = 1,
 ) -> LanczosResult:
     """Extreme eigenpairs of a real symmetric operator by (block) Lanczos with full reorthogonalisation.
 
@@ -366,6 +369,9 @@ def lanczos_solve(
             let ``matmat`` batch HVPs.
         failure_probability: ``delta`` of the multiplicity certificate.
         progress: show a tqdm bar counting operator applications.
+        blas_threads: numpy/scipy BLAS threads while the solver runs (restored afterwards; ``None`` leaves them
+            alone). One by default: the solver's own BLAS work is small, and idle multi-threaded BLAS slows the
+            Hessian-vector products in between (see :mod:`hessian_core._threads`).
     Returns:
         :class:`LanczosResult`: ``eigenvalues: ndarray[m]`` ascending, ``eigenvectors: ndarray[P, m]`` or
         ``None``, exact residual norms, HVP count, restart record.
@@ -400,10 +406,11 @@ def lanczos_solve(
     solver = _LanczosSolver(apply, size, k=k, want_top=want_top, want_bottom=want_bottom, tol=tol,
                             max_iter=max_iter, failure_probability=failure_probability,
                             rng=np.random.default_rng(seed))
-    with tqdm(total=max_iter, disable=not progress, desc="lanczos", unit="HVP") as bar:
+    with blas_threads_limited(blas_threads), tqdm(total=max_iter, disable=not progress, desc="lanczos",
+                                                  unit="HVP") as bar:
         solver.bar = bar
         final = solver.run(block_size)
-    eigenvectors = solver.vectors(final) if return_vectors else None
+        eigenvectors = solver.vectors(final) if return_vectors else None
     return LanczosResult(
         eigenvalues=_readonly(final.values.copy()),
         eigenvectors=_readonly(eigenvectors) if eigenvectors is not None else None,
@@ -701,6 +708,7 @@ def lanczos(
     block_size: int = 1,
     failure_probability: float = 1e-6,
     progress: bool = True,
+    blas_threads: int | None = 1,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest and/or smallest eigenvalues of a symmetric operator; see :func:`lanczos_solve`.
 
@@ -714,7 +722,7 @@ def lanczos(
     """
     result = lanczos_solve(operator, k, which=which, tol=tol, seed=seed, return_vectors=return_vectors,
                            max_iter=max_iter, block_size=block_size, failure_probability=failure_probability,
-                           progress=progress)
+                           progress=progress, blas_threads=blas_threads)
     if return_vectors:
         return result.eigenvalues, result.eigenvectors
     return result.eigenvalues
@@ -936,6 +944,7 @@ def spectral_density(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    blas_threads: int | None = 1,
 ) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
@@ -957,6 +966,7 @@ def spectral_density(
         batch_size: probes advanced together (one ``matmat`` of that many columns per step); ``None``: all.
             Memory ``8 * batch_size * m * P`` bytes for their bases.
         progress: tqdm bar.
+        blas_threads: numpy/scipy BLAS threads during the run (see :func:`lanczos_solve`).
     Returns:
         :class:`SpectralDensity` with ``nodes``, ``weights``, ``grid``, ``density``; ``trace(f)`` gives SLQ
         estimates of ``trace f(A)``.
@@ -977,7 +987,8 @@ def spectral_density(
     probes = rng.choice(np.array([-1.0, 1.0]), size=(n_probes, size)) / math.sqrt(size)
 
     nodes, weights = np.zeros((n_probes, steps)), np.zeros((n_probes, steps))
-    with tqdm(total=n_probes * steps, disable=not progress, desc="slq", unit="HVP") as bar:
+    with blas_threads_limited(blas_threads), tqdm(total=n_probes * steps, disable=not progress, desc="slq",
+                                                  unit="HVP") as bar:
         for first in range(0, n_probes, batch_size):
             alpha, beta, length = _lanczos_tridiagonals(apply, probes[first: first + batch_size], steps, bar)
             for row in range(len(length)):

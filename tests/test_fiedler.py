@@ -10,7 +10,6 @@ from scipy.cluster import hierarchy
 
 from hessian_core import fiedler as fiedler_module
 from hessian_core.fiedler import (
-    _blas_threads_limited,
     _smallest_eigenpair,
     _sweep_cut,
     algebraic_connectivity,
@@ -480,7 +479,9 @@ def test_blas_threads_are_limited_and_restored() -> None:
 
     before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert before, "numpy/scipy BLAS should be visible to threadpoolctl"
-    with _blas_threads_limited(1):
+    from hessian_core._threads import blas_threads_limited
+
+    with blas_threads_limited(1):
         assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
     assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == before
 

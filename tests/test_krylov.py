@@ -333,3 +333,31 @@ def test_slq_with_full_steps_puts_mass_on_true_eigenvalues():
     # With the exact Gauss rule trace f(A) is as good as Hutchinson's estimator for every f, e.g. |x|.
     samples = density.trace_samples(np.abs)
     assert abs(samples.mean() - np.abs(spectrum).sum()) <= 4 * samples.std(ddof=1) / np.sqrt(len(samples))
+
+
+def test_solvers_cap_blas_threads_while_running_and_restore_them():
+    from threadpoolctl import threadpool_info
+
+    from hessian_core.krylov import lanczos, spectral_density
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    diag = np.linspace(-1.0, 3.0, 40)
+
+    def matvec(x):
+        seen.append(blas_threads())
+        return diag * np.ravel(x)
+
+    from scipy.sparse.linalg import LinearOperator
+
+    op = LinearOperator((40, 40), matvec=matvec, dtype=np.float64)
+    lanczos(op, 2, which="both", progress=False)
+    spectral_density(op, n_probes=2, n_steps=5, batch_size=1, progress=False)
+    assert seen and all(all(t == 1 for t in threads) for threads in seen)
+    assert blas_threads() == before
+    seen.clear()
+    lanczos(op, 2, which="both", progress=False, blas_threads=None)
+    assert all(threads == before for threads in seen)
