@@ -26,8 +26,8 @@ from .results import ResultStore
 from .spectrum import eigendecomposition
 from .training import accuracy, train_full_batch_adamw
 
-__all__ = ["ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
-           "dense_spectrum"]
+__all__ = ["ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues",
+           "slq_density", "slq_stats", "dense_spectrum"]
 
 _MODEL_KEYS = ("p", "d_model", "n_heads", "d_mlp", "seed")
 
