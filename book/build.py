@@ -31,7 +31,7 @@ EXECUTED = NOTEBOOKS / "_executed"
 GOLDEN = ROOT / "tests" / "golden"
 
 # Book order; every entry is notebooks/<name>.md.
-BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "fiedler_lenet"]
+BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "fiedler_lenet", "grokking_modadd"]
 
 
 def execute(name: str, out_path: Path, parameters: dict) -> float:
