@@ -3,7 +3,7 @@
 The public API is re-exported here; each module has one job (see the README's table).
 """
 
-from .curves import first_crossing, grokking_delay, transition_checkpoints, transition_window
+from .curves import first_crossing, grokking_delay, phase_statistics, transition_checkpoints, transition_window
 from .data import download_mnist, load_mnist, modular_addition_split, resolve_mnist_dir
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .experiments import MnistLenetRun, hessian_subsample, mnist_lenet_run
@@ -74,12 +74,12 @@ __all__ = [
     # fiedler
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
     # curves
-    "first_crossing", "grokking_delay", "transition_window", "transition_checkpoints",
+    "first_crossing", "grokking_delay", "transition_window", "transition_checkpoints", "phase_statistics",
     # shared experiment set-ups
     "MnistLenetRun", "mnist_lenet_run", "hessian_subsample",
     # the grokking experiment
-    "ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density", "slq_stats",
-    "dense_spectrum",
+    "ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density",
+    "slq_stats", "dense_spectrum",
     # partitions
     "parameter_labels", "adjusted_rand_index", "composition", "top_clusters",
     # models and data

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["first_crossing", "grokking_delay", "transition_window", "transition_checkpoints"]
+__all__ = ["first_crossing", "grokking_delay", "transition_window", "transition_checkpoints", "phase_statistics"]
 
 
 def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: float, *,
@@ -96,3 +96,28 @@ def transition_checkpoints(checkpoint_steps: Sequence[int], window: dict) -> dic
     else:
         during = before if abs(np.log(max(before, 1) / middle)) < abs(np.log(after / middle)) else after
     return {"before": before, "during": during, "after": after}
+
+
+def phase_statistics(steps: Sequence[int], values: Sequence[float],
+                     phases: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """Median, range and count of a per-checkpoint quantity within each phase of training.
+
+    Args:
+        steps: ``[T]`` checkpoint steps.
+        values: ``[T]`` the quantity at those steps.
+        phases: label -> ``(first, last)`` steps, both included (e.g. the memorisation plateau, the transition).
+    Returns:
+        label -> ``{"median", "min", "max", "n"}`` over the checkpoints in the phase (NaNs and ``n = 0`` if none).
+    """
+    steps, values = np.asarray(steps), np.asarray(values, dtype=float)
+    if steps.shape != values.shape or steps.ndim != 1:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be 1-D of the same length")
+    out = {}
+    for label, (first, last) in phases.items():
+        inside = values[(steps >= first) & (steps <= last)]
+        if inside.size:
+            out[label] = {"median": float(np.median(inside)), "min": float(inside.min()),
+                          "max": float(inside.max()), "n": int(inside.size)}
+        else:
+            out[label] = {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return out

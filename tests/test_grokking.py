@@ -113,3 +113,13 @@ def test_modadd_checkpoint_steps():
         0, 10, 50, 100, 200, 300]
     with pytest.raises(ValueError, match="dense_every"):
         modadd_checkpoint_steps(300, dense_every=0, dense_until=5000, sparse_every=1000)
+
+
+def test_phase_statistics():
+    from hessian_core.curves import phase_statistics
+
+    out = phase_statistics([0, 10, 20, 30, 40], [5.0, 1.0, 3.0, 2.0, 9.0], {"a": (10, 30), "b": (50, 60)})
+    assert out["a"] == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert out["b"]["n"] == 0 and np.isnan(out["b"]["median"])
+    with pytest.raises(ValueError, match="same length"):
+        phase_statistics([0, 1], [1.0], {})
