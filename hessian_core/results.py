@@ -118,6 +118,21 @@ class ResultStore:
         self.save(name, value)
         return value
 
+    @classmethod
+    def find(cls, root: str | os.PathLike, experiment: str, **fields: Any) -> list[ResultStore]:
+        """The existing stores of ``experiment`` under ``root`` whose parameters include ``fields`` (equal values).
+
+        Lets one chapter read another's run from the parameters that matter to it (say, the model and optimiser)
+        without repeating every parameter of the other chapter (say, its checkpoint schedule). Sorted by key.
+        """
+        wanted = _canonical(fields)
+        found = []
+        for record in sorted((Path(root) / experiment).glob("*/params.json")):
+            params = json.loads(record.read_text())
+            if all(k in params and params[k] == v for k, v in wanted.items()):
+                found.append(cls(root, experiment, params))
+        return found
+
     def names(self) -> list[str]:
         """Items completely written so far, sorted."""
         return sorted(p.stem for p in self.directory.glob("*.pt"))

@@ -65,3 +65,16 @@ def test_bad_names_and_parameters(tmp_path):
         store.save("../x", 1)
     with pytest.raises(FileNotFoundError):
         store.load("missing")
+
+
+def test_find_selects_stores_by_a_subset_of_parameters(tmp_path):
+    from hessian_core.results import ResultStore
+
+    a = ResultStore(tmp_path, "exp", dict(model=1, lr=0.1, schedule=[0, 5]))
+    b = ResultStore(tmp_path, "exp", dict(model=1, lr=0.2, schedule=[0, 5]))
+    ResultStore(tmp_path, "other", dict(model=1, lr=0.1))
+    assert [s.key for s in ResultStore.find(tmp_path, "exp", model=1, lr=0.1)] == [a.key]
+    assert sorted(s.key for s in ResultStore.find(tmp_path, "exp", model=1)) == sorted([a.key, b.key])
+    assert ResultStore.find(tmp_path, "exp", model=2) == []
+    assert ResultStore.find(tmp_path, "missing", model=1) == []
+    assert ResultStore.find(tmp_path, "exp", schedule=(0, 5))[0].params["schedule"] == [0, 5]
