@@ -31,7 +31,8 @@ EXECUTED = NOTEBOOKS / "_executed"
 GOLDEN = ROOT / "tests" / "golden"
 
 # Book order; every entry is notebooks/<name>.md.
-BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "fiedler_lenet", "grokking_modadd"]
+# fiedler_lenet reads the runs of mnist_lenet and grokking_modadd, so it comes after both.
+BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "grokking_modadd", "fiedler_lenet"]
 
 
 def execute(name: str, out_path: Path, parameters: dict) -> float:
