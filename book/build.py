@@ -32,7 +32,7 @@ GOLDEN = ROOT / "tests" / "golden"
 
 # Book order; every entry is notebooks/<name>.md.
 # fiedler_lenet reads the runs of mnist_lenet and grokking_modadd, so it comes after both.
-BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "grokking_modadd", "fiedler_lenet"]
+BOOK_NOTEBOOKS = ["core_checks", "mnist_lenet", "grokking_modadd", "fiedler_lenet", "mlp_depth_modadd"]
 
 
 def execute(name: str, out_path: Path, parameters: dict) -> float:
