@@ -20,7 +20,6 @@ from .krylov import (
     top_eigenvalue,
 )
 from .mlp_depth import checkpoint_hessian_extremes, full_batch_evaluator, modadd_mlp_run, value_at_step
-from .mlp_depth import checkpoint_hessian_extremes, full_batch_evaluator, modadd_mlp_run, value_at_step
 from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
 from .notebook import glue_value
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
@@ -91,8 +90,6 @@ __all__ = [
     # sharpness over training
     "hessian_extremes", "adam_preconditioner", "adam_stability_threshold", "PreconditionedOperator",
     "stack_logs", "seed_spread",
-    # the depth chapter's runs
-    "modadd_mlp_run", "full_batch_evaluator", "checkpoint_hessian_extremes", "value_at_step",
     # the depth chapter's runs
     "modadd_mlp_run", "full_batch_evaluator", "checkpoint_hessian_extremes", "value_at_step",
     # plots
