@@ -23,7 +23,7 @@ from .mlp_depth import checkpoint_hessian_extremes, full_batch_evaluator, modadd
 from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
 from .notebook import glue_value
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
-from .partitions import adjusted_rand_index, composition, parameter_labels, top_clusters
+from .partitions import adjusted_rand_index, composition, largest_component, parameter_labels, top_clusters
 from .plots import (
     plot_cluster_counts,
     plot_cluster_heatmap,
@@ -80,7 +80,7 @@ __all__ = [
     "ModAddRun", "train_modadd", "modadd_checkpoint_steps", "hessian_batch", "extreme_eigenvalues", "slq_density",
     "slq_stats", "dense_spectrum",
     # partitions
-    "parameter_labels", "adjusted_rand_index", "composition", "top_clusters",
+    "parameter_labels", "adjusted_rand_index", "composition", "top_clusters", "largest_component",
     # models and data
     "lenet_tiny", "ModAddTransformer", "ModAddMLP", "parameter_groups", "n_parameters",
     "load_mnist", "download_mnist", "resolve_mnist_dir", "modular_addition_split",

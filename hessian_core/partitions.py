@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import comb
 from torch import nn
 
-__all__ = ["parameter_labels", "adjusted_rand_index", "composition", "top_clusters"]
+__all__ = ["parameter_labels", "adjusted_rand_index", "composition", "top_clusters", "largest_component"]
 
 
 def parameter_labels(model: nn.Module, *, by: str = "layer") -> tuple[NDArray[np.int64], list[str]]:
@@ -38,6 +38,23 @@ def parameter_labels(model: nn.Module, *, by: str = "layer") -> tuple[NDArray[np
             names.append(group)
         parts.append(np.full(param.numel(), names.index(group), dtype=np.int64))
     return np.concatenate(parts), names
+
+
+def largest_component(Z: ArrayLike) -> int:
+    """Node id of the largest connected component of a :func:`hessian_core.fiedler_linkage` tree of a
+    *disconnected* graph (``algebraic_connectivity == 0``).
+
+    Such a tree joins its connected components at the disconnected height, strictly above every other merge; this
+    returns the largest cluster among the children of those top merges. Only call it for a disconnected graph: in
+    a connected one the top merge is an ordinary split. Use it with ``top_clusters(Z, k, root=...)`` to read the
+    top splits of the largest component instead of a tree whose top merges only attach isolated parameters.
+    """
+    Z = np.asarray(Z, dtype=float)
+    n = Z.shape[0] + 1
+    top_rows = np.flatnonzero(Z[:, 2] == Z[:, 2].max())
+    tops = {n + i for i in top_rows}
+    children = [int(c) for c in Z[top_rows, :2].ravel() if int(c) not in tops]
+    return max(children, key=lambda c: 1.0 if c < n else Z[c - n, 3])
 
 
 def _as_labels(labels: ArrayLike, name: str) -> NDArray[np.int64]:
@@ -103,7 +120,7 @@ def composition(clusters: ArrayLike, groups: ArrayLike, n_groups: int | None = N
     return np.array(fractions), np.array(out_sizes)
 
 
-def top_clusters(Z: ArrayLike, k: int) -> NDArray[np.int64]:
+def top_clusters(Z: ArrayLike, k: int, *, root: int | None = None) -> NDArray[np.int64]:
     """Cut a linkage into ``k`` clusters by undoing its top merges, highest first.
 
     Unlike ``fcluster(Z, k, "maxclust")``, which cuts at one height and returns fewer clusters when several merges
@@ -113,6 +130,8 @@ def top_clusters(Z: ArrayLike, k: int) -> NDArray[np.int64]:
     Args:
         Z: ``[P-1, 4]`` scipy linkage.
         k: number of clusters wanted (>= 1).
+        root: cut only the subtree under this node id (scipy numbering: ``P + row``); its members get labels in
+            ``[0, k)``, every other item the label ``-1``. Default: the whole tree.
     Returns:
         ``int64[P]`` labels in ``[0, k)``, numbered in order of first appearance in ``0..P-1``.
     """
@@ -129,12 +148,16 @@ def top_clusters(Z: ArrayLike, k: int) -> NDArray[np.int64]:
     def height(node: int) -> float:
         return -np.inf if node < n else Z[node - n, 2]
 
-    clusters = [2 * n - 2]  # the root's id
-    while len(clusters) < min(k, n):
+    if root is None:
+        root = 2 * n - 2
+    if not 0 <= root <= 2 * n - 2:
+        raise ValueError(f"root={root} must be a node id in [0, {2 * n - 2}]")
+    clusters = [int(root)]
+    while len(clusters) < min(k, int(size(root))):
         node = max(clusters, key=lambda c: (height(c), size(c)))
         clusters.remove(node)
         clusters += [int(Z[node - n, 0]), int(Z[node - n, 1])]
-    labels = np.empty(n, dtype=np.int64)
+    labels = np.full(n, -1, dtype=np.int64)
     for label, node in enumerate(clusters):
         stack = [node]
         while stack:  # members of the subtree, iteratively (trees can be deep)
@@ -144,6 +167,8 @@ def top_clusters(Z: ArrayLike, k: int) -> NDArray[np.int64]:
             else:
                 stack += [int(Z[c - n, 0]), int(Z[c - n, 1])]
     # Renumber by first appearance, so labels do not depend on the order clusters were split.
-    _, first = np.unique(labels, return_index=True)
+    inside = labels >= 0
+    _, first = np.unique(labels[inside], return_index=True)
     order = np.argsort(np.argsort(first))
-    return order[labels]
+    labels[inside] = order[labels[inside]]
+    return labels

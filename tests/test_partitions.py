@@ -76,3 +76,20 @@ def test_top_clusters_agrees_with_fcluster_without_ties_and_survives_ties():
     assert len(np.unique(fcluster(tied, 3, "maxclust"))) == 1
     assert len(np.unique(top_clusters(tied, 3))) == 3
     assert top_clusters(Z, 100).max() == len(points) - 1
+
+
+def test_largest_component_and_cutting_inside_it():
+    from hessian_core.fiedler import fiedler_linkage
+    from hessian_core.partitions import largest_component, top_clusters
+
+    # Two coupled blocks (0-5 and 6-11, weakly joined) plus three parameters with no coupling at all.
+    H = np.zeros((15, 15))
+    H[:6, :6] = 1.0
+    H[6:12, 6:12] = 1.0
+    H[5, 6] = H[6, 5] = 0.01
+    Z = fiedler_linkage(H, progress=False, monotone="clip")
+    node = largest_component(Z)
+    inside = top_clusters(Z, 2, root=node)
+    assert (inside[12:] == -1).all() and set(inside[:12]) == {0, 1}
+    assert adjusted_rand_index(inside[:12], [0] * 6 + [1] * 6) == 1.0
+    assert Z[node - 15, 3] == 12
