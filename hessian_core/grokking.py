@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.special import xlogy
 from torch import Tensor, nn
 
 from .data import modular_addition_split
+from .experiments import hessian_subsample
 from .krylov import lanczos, spectral_density
 from .models import ModAddTransformer
 from .operators import full_hessian, hessian_operator
@@ -120,8 +120,7 @@ def hessian_batch(p: int, train_fraction: float, seed: int, n_samples: int) -> t
     train_x, train_y = modular_addition_split(p, train_fraction, seed)["train"]
     if not 1 <= n_samples <= len(train_x):
         raise ValueError(f"n_samples={n_samples} must be in [1, {len(train_x)}] (the training pairs)")
-    index = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + 1))[:n_samples]
-    return train_x[index], train_y[index]
+    return hessian_subsample(train_x, train_y, n_samples, seed + 1)
 
 
 def extreme_eigenvalues(model: nn.Module, batch: tuple[Tensor, Tensor], *, k: int, tol: float,
