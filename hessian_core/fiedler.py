@@ -39,9 +39,10 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 from numpy.typing import NDArray
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from ._threads import blas_threads_limited
+from ._validation import check_choice, check_int
 
 __all__ = [
     "coupling_graph",
@@ -108,19 +109,6 @@ def _symmetrized(array: NDArray[np.float64], *, name: str, rtol: float) -> NDArr
             f"symmetry_rtol * max|{name}| = {rtol * scale:.3g}"
         )
     return out
-
-
-def _check_choice(value: Any, *, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} must be one of {choices}")
-
-
-def _check_int(value: Any, *, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- public graph helpers
@@ -309,7 +297,7 @@ def algebraic_connectivity(
     weights = _as_graph(W, name="W", symmetry_rtol=symmetry_rtol)
     if weights.shape[0] < 2:
         raise ValueError(f"W must have at least 2 vertices to define lambda_2, got shape {weights.shape}")
-    dense_max = _check_int(dense_max, name="dense_max", minimum=2)
+    dense_max = check_int("dense_max", dense_max, minimum=2)
     if len(_connected_components(weights)) > 1:
         return 0.0
     value, _ = _connected_fiedler(weights, normalized=normalized, dense_max=dense_max, seed=0)
@@ -346,7 +334,7 @@ def fiedler_vector(
     weights = _as_graph(W, name="W", symmetry_rtol=symmetry_rtol)
     if weights.shape[0] < 2:
         raise ValueError(f"W must have at least 2 vertices, got shape {weights.shape}")
-    dense_max = _check_int(dense_max, name="dense_max", minimum=2)
+    dense_max = check_int("dense_max", dense_max, minimum=2)
     n_components = len(_connected_components(weights))
     if n_components > 1:
         raise ValueError(f"W must be connected, it has {n_components} components")
@@ -511,21 +499,21 @@ def fiedler_linkage(
         ValueError/TypeError: bad ``H`` (see :func:`coupling_graph`), ``P < 2``,
         or a bad option (the message names it).
     """
-    min_cluster_size = _check_int(min_cluster_size, name="min_cluster_size", minimum=1)
+    min_cluster_size = check_int("min_cluster_size", min_cluster_size, minimum=1)
     if max_depth is not None:
-        max_depth = _check_int(max_depth, name="max_depth", minimum=0)
+        max_depth = check_int("max_depth", max_depth, minimum=0)
     if max_connectivity is not None and not (
         isinstance(max_connectivity, numbers.Real) and max_connectivity > 0
     ):
         raise ValueError(f"max_connectivity={max_connectivity!r} must be a real number > 0 or None")
-    _check_choice(split, name="split", choices=("sign", "sweep"))
-    _check_choice(laplacian, name="laplacian", choices=("combinatorial", "normalized"))
-    _check_choice(height, name="height", choices=("inverse", "size_scaled"))
-    _check_choice(monotone, name="monotone", choices=("max", "clip"))
-    dense_max = _check_int(dense_max, name="dense_max", minimum=2)
-    seed = _check_int(seed, name="seed", minimum=0)
+    check_choice("split", split, ("sign", "sweep"))
+    check_choice("laplacian", laplacian, ("combinatorial", "normalized"))
+    check_choice("height", height, ("inverse", "size_scaled"))
+    check_choice("monotone", monotone, ("max", "clip"))
+    dense_max = check_int("dense_max", dense_max, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
     if blas_threads is not None:
-        blas_threads = _check_int(blas_threads, name="blas_threads", minimum=1)
+        blas_threads = check_int("blas_threads", blas_threads, minimum=1)
     if disconnected_height is not None and not (
         isinstance(disconnected_height, numbers.Real) and np.isfinite(disconnected_height)
         and disconnected_height > 0

@@ -22,12 +22,11 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 __all__ = [
     "LossFn",
     "flatten_tensors",
-    "unflatten_vector",
     "hvp",
     "hessian_operator",
     "HessianOperator",
@@ -40,13 +39,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def flatten_tensors(tensors: Sequence[Tensor]) -> Tensor:
     """Concatenate tensors into one vector ``Tensor[sum of numels]`` (row-major within each tensor)."""
     return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten_vector(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Split ``vector: Tensor[P]`` (or ``Tensor[B, P]``, batch first) into tensors shaped like ``like``."""
-    sizes = [t.numel() for t in like]
-    lead = vector.shape[:-1]
-    return [chunk.reshape(*lead, *t.shape) for chunk, t in zip(vector.split(sizes, dim=-1), like)]
 
 
 @contextlib.contextmanager

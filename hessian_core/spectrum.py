@@ -43,7 +43,9 @@ import scipy.linalg
 import torch
 from numpy.typing import ArrayLike
 from scipy.linalg import lapack
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
+
+from ._validation import check_int
 
 __all__ = ["DenseSpectrum", "eigendecomposition", "spectrum_stats"]
 
@@ -120,14 +122,6 @@ class DenseSpectrum:
 # ----------------------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if value < 0:
-        raise ValueError(f"{name}={value} must be >= 0")
-    return int(value)
 
 
 def _as_matrix(H: object, symmetry_rtol: float) -> tuple[torch.Tensor, float]:
@@ -546,8 +540,8 @@ def eigendecomposition(H: np.ndarray | torch.Tensor, *, n_top: int = 50, n_botto
         ValueError: ``H`` is not square, has NaN/inf entries, or is asymmetric beyond ``symmetry_rtol``;
             negative counts or ``n_top + n_bottom > P``; unknown ``driver``.
     """
-    n_top = _check_count("n_top", n_top)
-    n_bottom = _check_count("n_bottom", n_bottom)
+    n_top = check_int("n_top", n_top, minimum=0)
+    n_bottom = check_int("n_bottom", n_bottom, minimum=0)
     if driver not in _DRIVERS:
         raise ValueError(f"driver={driver!r} must be one of {_DRIVERS}")
     if not (isinstance(symmetry_rtol, (int, float)) and math.isfinite(symmetry_rtol) and symmetry_rtol >= 0):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
-from hessian_core.models import ModAddMLP, ModAddTransformer
+from hessian_book.models import ModAddMLP, ModAddTransformer
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -103,3 +105,47 @@ def reference_hessian(model, loss_fn, batch) -> torch.Tensor:
         return loss_fn(torch.func.functional_call(ref, params, (inputs,)), targets)
 
     return torch.autograd.functional.hessian(loss_of, flat)
+
+
+# Symmetric matrices with planted spectra, for the Krylov solvers
+
+def planted(spectrum: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``A = Q diag(spectrum) Q^T`` with Haar-random orthogonal ``Q``; returns ``(A, Q)``."""
+    rng = np.random.default_rng(seed)
+    size = len(spectrum)
+    q, r = np.linalg.qr(rng.standard_normal((size, size)))
+    q *= np.sign(np.diag(r))
+    matrix = (q * spectrum) @ q.T
+    return 0.5 * (matrix + matrix.T), q
+
+
+class CountingOperator(LinearOperator):
+    """Symmetric LinearOperator around a dense matrix that counts applied vectors."""
+
+    def __init__(self, matrix: np.ndarray):
+        super().__init__(np.float64, matrix.shape)
+        self.matrix = matrix
+        self.count = 0
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        self.count += 1
+        return self.matrix @ x
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        self.count += X.shape[1]
+        return self.matrix @ X
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+
+def reference_ends(matrix: np.ndarray, k: int, which: str) -> np.ndarray:
+    values = np.linalg.eigvalsh(matrix)
+    return {"largest": values[-k:], "smallest": values[:k], "both": np.r_[values[:k], values[-k:]]}[which]
+
+
+def check_pairs(matrix: np.ndarray, values: np.ndarray, vectors: np.ndarray, bound: float) -> None:
+    """Residuals ``||A v - lambda v|| <= bound`` and orthonormal columns."""
+    residuals = np.linalg.norm(matrix @ vectors - vectors * values, axis=0)
+    assert residuals.max() <= bound
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(len(values)), atol=1e-10)

@@ -1,5 +1,5 @@
 """Sharpness over training: the extreme signed Hessian eigenvalues at a saved state, Adam's preconditioned
-sharpness and its stability threshold, and per-step curves summarised over seeds.
+sharpness and its stability threshold.
 
 Used by the depth chapter (MLPs on modular addition); nothing here is specific to MLPs.
 """
@@ -7,20 +7,16 @@ Used by the depth chapter (MLPs on modular addition); nothing here is specific t
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
-from .krylov import lanczos
-from .operators import hessian_operator
+from hessian_core import hessian_operator, lanczos
 
-__all__ = [
-    "hessian_extremes", "adam_preconditioner", "adam_stability_threshold", "PreconditionedOperator",
-    "stack_logs", "seed_spread",
-]
+__all__ = ["hessian_extremes", "adam_preconditioner", "adam_stability_threshold", "PreconditionedOperator"]
 
 
 def hessian_extremes(model: nn.Module, loss_fn, batch: object, *, tol: float = 1e-3,
@@ -103,33 +99,3 @@ def adam_stability_threshold(lr: float, beta1: float) -> float:
     if not (lr > 0 and 0 <= beta1 < 1):
         raise ValueError(f"lr={lr!r} must be > 0 and beta1={beta1!r} in [0, 1)")
     return (2 + 2 * beta1) / ((1 - beta1) * lr)
-
-
-def stack_logs(logs: Sequence[Sequence[Mapping]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-run logs (lists of records with ``"step"``) → ``(steps: ndarray[T], values: ndarray[R, T])``.
-
-    Only steps logged by every run are kept (runs of one configuration share their log steps); a missing
-    ``key`` or ``None`` becomes NaN.
-    """
-    if not logs:
-        raise ValueError("logs must hold at least one run")
-    common = sorted(set.intersection(*[{int(r["step"]) for r in log} for log in logs]))
-    values = np.full((len(logs), len(common)), np.nan)
-    for i, log in enumerate(logs):
-        by_step = {int(r["step"]): r.get(key) for r in log}
-        values[i] = [np.nan if by_step[s] is None else by_step[s] for s in common]
-    return np.asarray(common), values
-
-
-def seed_spread(values: np.ndarray, *, log: bool = False) -> dict[str, np.ndarray]:
-    """Centre and spread over runs of ``values: ndarray[R, T]``: ``{"centre", "low", "high"}``, each ``[T]``.
-
-    ``centre`` is the mean (the geometric mean with ``log=True``, for positive quantities on a log axis);
-    ``low``/``high`` are the minimum and maximum over runs. NaNs are ignored.
-    """
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 2:
-        raise ValueError(f"values must be [runs, steps], got shape {values.shape}")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre = np.exp(np.nanmean(np.log(values), axis=0)) if log else np.nanmean(values, axis=0)
-    return {"centre": centre, "low": np.nanmin(values, axis=0), "high": np.nanmax(values, axis=0)}

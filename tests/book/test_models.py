@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hessian_core.models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
+from hessian_book.models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters, parameter_groups
 
 
 def test_parameter_counts():

@@ -1,8 +1,9 @@
 """Threshold crossings and grokking delays on hand-built curves."""
 
+import numpy as np
 import pytest
 
-from hessian_core.curves import first_crossing, grokking_delay
+from hessian_book.curves import first_crossing, grokking_delay
 
 
 def test_first_crossing_and_stay():
@@ -27,3 +28,13 @@ def test_grokking_delay():
     assert out == {"memorised": 100, "generalised": 2000, "ratio": 20.0}
     never = grokking_delay(steps, [0.1] * 5, [0.0] * 5)
     assert never == {"memorised": None, "generalised": None, "ratio": None}
+
+
+def test_phase_statistics():
+    from hessian_book.curves import phase_statistics
+
+    out = phase_statistics([0, 10, 20, 30, 40], [5.0, 1.0, 3.0, 2.0, 9.0], {"a": (10, 30), "b": (50, 60)})
+    assert out["a"] == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert out["b"]["n"] == 0 and np.isnan(out["b"]["median"])
+    with pytest.raises(ValueError, match="same length"):
+        phase_statistics([0, 1], [1.0], {})

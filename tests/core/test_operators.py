@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_core.models import lenet_tiny
+from hessian_book.models import lenet_tiny
 from hessian_core.operators import full_hessian, hessian_operator, hvp
 from tests.cases import ALL_CASES, STRUCTURED_CASES, reference_hessian
 

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from scipy.cluster.hierarchy import linkage  # noqa: E402
 
-from hessian_core.plots import plot_fiedler_dendrogram  # noqa: E402
+from hessian_book.plots import plot_fiedler_dendrogram  # noqa: E402
 
 
 def test_fiedler_dendrogram_bars_show_each_leafs_layer_shares():

@@ -5,19 +5,19 @@ import os
 import pytest
 import torch
 
-from hessian_core.experiments import hessian_subsample, mnist_lenet_run
-from hessian_core.results import parameter_key
+from hessian_book.runs import hessian_subsample, mnist_lenet_run
+from hessian_book.store import parameter_key
 
 needs_mnist = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR not set")
 
 
 @needs_mnist
-def test_key_is_the_mnist_chapters(tmp_path):
+def test_key_holds_the_training_parameters_only(tmp_path):
     run = mnist_lenet_run(str(tmp_path), None, seed=42, epochs=30, batch_size=128, lr=0.01, momentum=0.9, n_train=0,
-                          n_test=0, hessian_samples=50, n_vectors=50, download=False)
-    # The fields the MNIST chapter has keyed its results by since its first run; changing them orphans results.
+                          n_test=0, download=False)
+    # Changing these fields orphans stored runs; analysis settings (Hessian subsample, vectors) must not be here.
     expected = dict(seed=42, epochs=30, batch_size=128, lr=0.01, momentum=0.9, n_train=0, n_test=10_000,
-                    hessian_samples=50, n_vectors=50, model="lenet_tiny")
+                    model="lenet_tiny")
     assert run.store.key == parameter_key(expected)
     assert len(run.checkpoints) == 25 and run.checkpoints[-1] == 14_070
     assert len(run.train[0]) == 60_000 and len(run.test[0]) == 10_000
@@ -26,11 +26,11 @@ def test_key_is_the_mnist_chapters(tmp_path):
 @needs_mnist
 def test_subsets_and_bad_sizes(tmp_path):
     run = mnist_lenet_run(str(tmp_path), None, seed=1, epochs=1, batch_size=64, lr=0.1, momentum=0.0, n_train=300,
-                          n_test=100, hessian_samples=5, n_vectors=1, download=False)
+                          n_test=100, download=False)
     assert len(run.train[0]) == 300 and len(run.test[0]) == 100 and run.checkpoints == [0, 5]
     with pytest.raises(ValueError, match="n_train"):
         mnist_lenet_run(str(tmp_path), None, seed=1, epochs=1, batch_size=64, lr=0.1, momentum=0.0, n_train=-1,
-                        n_test=0, hessian_samples=5, n_vectors=1, download=False)
+                        n_test=0, download=False)
 
 
 def test_hessian_subsamples_are_nested():
@@ -39,3 +39,14 @@ def test_hessian_subsamples_are_nested():
     assert torch.equal(small[0], large[0][:10]) and torch.equal(small[1], large[1][:10])
     with pytest.raises(ValueError, match="n="):
         hessian_subsample(x, y, 101, 3)
+
+
+def test_modadd_checkpoint_steps():
+    from hessian_book.runs import modadd_checkpoint_steps
+
+    steps = modadd_checkpoint_steps(20000, dense_every=500, dense_until=3000, sparse_every=5000)
+    assert steps == [0, 10, 50, 100, 200, 500, 1000, 1500, 2000, 2500, 3000, 8000, 13000, 18000, 20000]
+    assert modadd_checkpoint_steps(300, dense_every=100, dense_until=5000, sparse_every=1000) == [
+        0, 10, 50, 100, 200, 300]
+    with pytest.raises(ValueError, match="dense_every"):
+        modadd_checkpoint_steps(300, dense_every=0, dense_until=5000, sparse_every=1000)

@@ -1,10 +1,15 @@
-"""A results store keyed by the run's parameters, with atomic writes, so interrupted runs resume safely.
+"""A results store keyed by the run's parameters, with atomic, checksummed writes, so interrupted runs resume safely.
 
 A run's results live in ``<root>/<experiment>/<key>/`` where ``key`` is a hash of the parameters that determine
 them; ``params.json`` there records those parameters. A rerun with other parameters gets another directory, so
 results never mix. Every file is written to a temporary name in the same directory and renamed into place
-(``os.replace`` is atomic), so a file that exists is complete: a killed run leaves at most a stray temporary
-file, which is ignored, and the next run recomputes only what is missing.
+(``os.replace`` is atomic), so a killed run leaves at most a stray temporary file, which is ignored, and the next
+run recomputes only what is missing.
+
+Every item carries the SHA-256 of its payload in a one-line header. Reading verifies it: a truncated or corrupted
+file (a full disk, a copy cut short, bit rot) raises :class:`CorruptResultError` naming the file, and
+:meth:`ResultStore.cached` / :meth:`ResultStore.verified` move such a file aside (``<name>.pt.corrupt``), warn,
+and recompute instead of reading it as data.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["parameter_key", "ResultStore"]
+__all__ = ["parameter_key", "ResultStore", "CorruptResultError", "read_verified"]
+
+_MAGIC = b"hessian-book-result sha256="
+
+
+class CorruptResultError(OSError):
+    """A stored item failed its checksum or could not be parsed; ``path`` names the file."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
 
 
 def _canonical(value: Any) -> Any:
@@ -43,6 +59,26 @@ def parameter_key(params: Mapping[str, Any], length: int = 12) -> str:
     """A short stable hash of ``params`` (order of keys does not matter; ``1`` and ``1.0`` differ)."""
     text = json.dumps(_canonical(params), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def read_verified(path: str | os.PathLike) -> Any:
+    """The object stored in ``path`` by :meth:`ResultStore.save`, after checking its checksum.
+
+    Raises:
+        CorruptResultError: the file is truncated, corrupted or not a result of a store.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    newline = data.find(b"\n")
+    if not data.startswith(_MAGIC) or newline != len(_MAGIC) + 64:
+        raise CorruptResultError(path, "no checksum header (truncated, or not written by ResultStore)")
+    payload = data[newline + 1:]
+    if hashlib.sha256(payload).hexdigest().encode() != data[len(_MAGIC):newline]:
+        raise CorruptResultError(path, f"checksum mismatch ({len(payload)} payload bytes): truncated or corrupted")
+    try:
+        return torch.load(io.BytesIO(payload), weights_only=False)
+    except Exception as error:  # a valid checksum over bytes torch cannot read: a bug, not bit rot
+        raise CorruptResultError(path, f"unreadable payload: {error}") from error
 
 
 class ResultStore:
@@ -98,22 +134,53 @@ class ResultStore:
                 os.remove(tmp)
 
     def save(self, name: str, obj: Any) -> None:
-        """Write ``obj`` (tensors, arrays, dicts, numbers; anything ``torch.save`` takes) atomically."""
+        """Write ``obj`` (tensors, arrays, dicts, dataclasses; anything ``torch.save`` takes) atomically, with
+        the checksum of its bytes."""
         buffer = io.BytesIO()
         torch.save(obj, buffer)
-        self._write_bytes(self.path(name).name, buffer.getvalue())
+        payload = buffer.getvalue()
+        header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+        self._write_bytes(self.path(name).name, header + payload)
 
     def load(self, name: str) -> Any:
-        """Read item ``name`` (raises ``FileNotFoundError`` if it was never completely written)."""
+        """Read item ``name``, verifying its checksum.
+
+        Raises:
+            FileNotFoundError: it was never completely written.
+            CorruptResultError: the file is truncated, corrupted or not a result of this store.
+        """
         path = self.path(name)
         if not path.is_file():
             raise FileNotFoundError(f"no result {name!r} in {self.directory}")
-        return torch.load(path, weights_only=False)
+        return read_verified(path)
+
+    def quarantine(self, name: str, error: Exception | None = None) -> Path:
+        """Move item ``name`` aside to ``<name>.pt.corrupt`` (so it is never read as data) and warn."""
+        path = self.path(name)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is corrupt ({error}); moved to {aside.name} and recomputing", RuntimeWarning,
+                      stacklevel=3)
+        return aside
+
+    def verified(self, name: str) -> bool:
+        """Whether item ``name`` exists and passes its checksum; a corrupt file is quarantined (False)."""
+        if not self.exists(name):
+            return False
+        try:
+            self.load(name)
+        except CorruptResultError as error:
+            self.quarantine(name, error)
+            return False
+        return True
 
     def cached(self, name: str, compute: Callable[[], Any]) -> Any:
-        """Load item ``name`` if present, else ``compute()`` it, save it, and return it."""
+        """Load item ``name`` if present and intact, else ``compute()`` it, save it, and return it."""
         if self.exists(name):
-            return self.load(name)
+            try:
+                return self.load(name)
+            except CorruptResultError as error:
+                self.quarantine(name, error)
         value = compute()
         self.save(name, value)
         return value

@@ -9,7 +9,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from scipy.cluster import hierarchy
 
-from .dendrogram import cluster_counts
+from hessian_core import cluster_counts, eigen_linkage
+
+from .curves import seed_spread
 
 __all__ = [
     "plot_signed_spectrum",
@@ -191,8 +193,6 @@ def save_dendrogram_gif(path: str, steps: Sequence[int], spectra: Sequence[np.nd
     """
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    from .dendrogram import eigen_linkage
-
     linkages = [eigen_linkage(s) for s in spectra]
     heights = np.concatenate([Z[-top:, 2] for Z in linkages])
     lo = np.log10(max(heights[heights > 0].min(), 1e-12)) if (heights > 0).any() else -12
@@ -246,7 +246,7 @@ def plot_grokking_curves(steps: Sequence[int], train_acc: Sequence[float], test_
         train_acc, test_acc: ``[T]`` accuracies in [0, 1], drawn in percent.
         train_loss, test_loss: ``[T]`` losses; when both are given a second panel shows them on a log axis.
         window: ``(start, end)`` steps of the transition to shade (e.g. from
-            :func:`hessian_core.curves.transition_window`); skipped if None or an end is None.
+            :func:`hessian_book.curves.transition_window`); skipped if None or an end is None.
         marks: label -> step of dotted vertical lines (e.g. the memorisation step); None steps are skipped.
         axes: where to draw (one axis, or two with losses); new ones if None.
     Returns:
@@ -290,7 +290,7 @@ def plot_density_evolution(steps: Sequence[int], densities: Sequence, *, scale: 
     Args:
         steps: ``[T]`` checkpoint steps (column labels).
         densities: ``T`` objects with ``nodes`` and ``weights`` ``ndarray[n_probes, m]``, such as
-            :class:`hessian_core.krylov.SpectralDensity`.
+            :class:`hessian_core.SpectralDensity`.
         scale: eigenvalue magnitude where the axis turns from linear to logarithmic.
         n_grid: grid points on the ``u`` axis.
         bandwidth: Gaussian width in ``u``.
@@ -332,8 +332,6 @@ def plot_seed_spread(steps: Sequence[int], values: np.ndarray, *, ax: Axes | Non
         log: log y axis, and the geometric mean as the centre (values must be positive).
         runs: also draw every run as a thin line.
     """
-    from .sharpness import seed_spread
-
     ax = _axes(ax)
     values = np.asarray(values, dtype=float)
     spread = seed_spread(values, log=log)

@@ -6,11 +6,12 @@ reports its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["first_crossing", "grokking_delay", "transition_window", "transition_checkpoints", "phase_statistics"]
+__all__ = ["first_crossing", "grokking_delay", "groks", "transition_window", "transition_checkpoints",
+           "phase_statistics", "stack_logs", "seed_spread", "value_at_step"]
 
 
 def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: float, *,
@@ -49,6 +50,15 @@ def grokking_delay(steps: Sequence[int], train_acc: Sequence[float], test_acc: S
     generalised = first_crossing(steps, test_acc, test_threshold)
     ratio = generalised / memorised if memorised and generalised is not None else None
     return {"memorised": memorised, "generalised": generalised, "ratio": ratio}
+
+
+def groks(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float], *,
+          final_test: float = 0.95, min_ratio: float = 5.0) -> bool:
+    """The book's definition of grokking: final test accuracy ``> final_test`` and test accuracy first reaching
+    95 % at least ``min_ratio`` times later (in steps) than train accuracy first reaches 99 %
+    (:func:`grokking_delay`)."""
+    ratio = grokking_delay(steps, train_acc, test_acc)["ratio"]
+    return bool(np.asarray(test_acc, dtype=float)[-1] > final_test and ratio is not None and ratio >= min_ratio)
 
 
 def transition_window(steps: Sequence[int], test_acc: Sequence[float], *, low: float = 0.5,
@@ -121,3 +131,46 @@ def phase_statistics(steps: Sequence[int], values: Sequence[float],
         else:
             out[label] = {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
     return out
+
+
+def stack_logs(logs: Sequence[Sequence[Mapping]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-run logs (lists of records with ``"step"``) → ``(steps: ndarray[T], values: ndarray[R, T])``.
+
+    Only steps logged by every run are kept (runs of one configuration share their log steps); a missing
+    ``key`` or ``None`` becomes NaN.
+    """
+    if not logs:
+        raise ValueError("logs must hold at least one run")
+    common = sorted(set.intersection(*[{int(r["step"]) for r in log} for log in logs]))
+    values = np.full((len(logs), len(common)), np.nan)
+    for i, log in enumerate(logs):
+        by_step = {int(r["step"]): r.get(key) for r in log}
+        values[i] = [np.nan if by_step[s] is None else by_step[s] for s in common]
+    return np.asarray(common), values
+
+
+def seed_spread(values: np.ndarray, *, log: bool = False) -> dict[str, np.ndarray]:
+    """Centre and spread over runs of ``values: ndarray[R, T]``: ``{"centre", "low", "high"}``, each ``[T]``.
+
+    ``centre`` is the mean (the geometric mean with ``log=True``, for positive quantities on a log axis);
+    ``low``/``high`` are the minimum and maximum over runs. NaNs are ignored.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"values must be [runs, steps], got shape {values.shape}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.exp(np.nanmean(np.log(values), axis=0)) if log else np.nanmean(values, axis=0)
+    return {"centre": centre, "low": np.nanmin(values, axis=0), "high": np.nanmax(values, axis=0)}
+
+
+def value_at_step(steps: np.ndarray, values: np.ndarray, at: float, *, log: bool = False) -> float:
+    """``values`` (``[T]``, at ascending ``steps``) linearly interpolated at step ``at`` (in log space if ``log``).
+
+    ``at`` outside the logged range gives NaN.
+    """
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if not steps[0] <= at <= steps[-1]:
+        return float("nan")
+    if log:
+        return float(np.exp(np.interp(at, steps, np.log(values))))
+    return float(np.interp(at, steps, values))

@@ -11,14 +11,32 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
-from .results import ResultStore
+from .progress import show_progress
+from .store import ResultStore
 
 __all__ = [
-    "mnist_checkpoint_steps", "epoch_permutation", "train_sgd_with_checkpoints", "train_full_batch_adamw", "accuracy",
-    "grokking_checkpoint_steps",
+    "checkpoint_name", "mnist_checkpoint_steps", "epoch_permutation", "accuracy", "split_evaluator",
+    "full_batch_evaluator",
+    "train_sgd_with_checkpoints", "train_full_batch_adamw",
 ]
+
+
+def checkpoint_name(step: int) -> str:
+    """The store item that holds the model (and optimiser state) after ``step`` updates."""
+    return f"checkpoint_{int(step):07d}"
+
+
+def _intact_prefix(store: ResultStore, steps: Sequence[int]) -> list[int]:
+    """The checkpoints saved so far, up to the first missing or corrupt one (which is quarantined): a run resumes
+    from the last of these and recomputes, identically, everything after it."""
+    done = []
+    for step in steps:
+        if not store.verified(checkpoint_name(step)):
+            break
+        done.append(step)
+    return done
 
 
 def mnist_checkpoint_steps(steps_per_epoch: int, epochs: int) -> list[int]:
@@ -56,6 +74,37 @@ def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: in
     return total_loss / len(inputs), correct / len(inputs)
 
 
+def split_evaluator(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> Callable[[int, nn.Module], dict]:
+    """``evaluate(step, model) -> {"train_loss", "train_acc", "test_loss", "test_acc"}`` on a train/test split
+    (``(inputs, labels)`` each): the per-checkpoint record every training loop here logs."""
+    def evaluate(step: int, model: nn.Module) -> dict:
+        train_loss, train_acc = accuracy(model, *train)
+        test_loss, test_acc = accuracy(model, *test)
+        return dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
+
+    return evaluate
+
+
+def full_batch_evaluator(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) -> Callable[[int, nn.Module], dict]:
+    """:func:`split_evaluator`'s record plus ``grad_norm`` (the Euclidean norm of the full-batch training-loss
+    gradient), ``param_norm`` (of all parameters; weight decay acts on it) and ``eval_seconds``."""
+    split = split_evaluator(train, test)
+
+    def evaluate(step: int, model: nn.Module) -> dict:
+        started = time.perf_counter()
+        record = split(step, model)
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(train[0]), train[1]).backward()
+        with torch.no_grad():
+            grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters())).item()
+            param_norm = torch.sqrt(sum((p ** 2).sum() for p in model.parameters())).item()
+        model.zero_grad(set_to_none=True)
+        return dict(**record, grad_norm=grad_norm, param_norm=param_norm,
+                    eval_seconds=time.perf_counter() - started)
+
+    return evaluate
+
+
 def train_sgd_with_checkpoints(
     model: nn.Module,
     inputs: Tensor,
@@ -69,7 +118,7 @@ def train_sgd_with_checkpoints(
     epochs: int,
     seed: int,
     on_checkpoint: Callable[[int, nn.Module], dict] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict]:
     """Mini-batch SGD with momentum on cross-entropy, saving the model at every checkpoint step.
 
@@ -95,23 +144,23 @@ def train_sgd_with_checkpoints(
     if not steps or steps[0] < 0 or steps[-1] > total:
         raise ValueError(f"checkpoint_steps must lie in [0, {total}] (epochs * steps per epoch)")
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    done = [s for s in steps if store.exists(f"checkpoint_{s:07d}")]
+    done = _intact_prefix(store, steps)
     step, seconds = 0, 0.0
     if done:
-        state = store.load(f"checkpoint_{done[-1]:07d}")
+        state = store.load(checkpoint_name(done[-1]))
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         step, seconds = done[-1], state["record"]["train_seconds"]
 
     def save(at: int) -> None:
         record = {"step": at, "train_seconds": seconds, **(on_checkpoint(at, model) if on_checkpoint else {})}
-        store.save(f"checkpoint_{at:07d}",
+        store.save(checkpoint_name(at),
                    {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "record": record})
 
     if step == 0 and 0 in steps and not done:
         save(0)
     model.train()
-    with tqdm(total=total, initial=step, desc="training", disable=not progress) as bar:
+    with tqdm(total=total, initial=step, desc="training", disable=not show_progress(progress)) as bar:
         while step < steps[-1]:
             started = time.perf_counter()
             epoch, offset = divmod(step, steps_per_epoch)
@@ -125,7 +174,7 @@ def train_sgd_with_checkpoints(
             bar.update(1)
             if step in steps:
                 save(step)
-    return [store.load(f"checkpoint_{s:07d}")["record"] for s in steps]
+    return [store.load(checkpoint_name(s))["record"] for s in steps]
 
 
 def train_full_batch_adamw(
@@ -141,7 +190,7 @@ def train_full_batch_adamw(
     betas: tuple[float, float] = (0.9, 0.98),
     log_steps: Sequence[int] | None = None,
     evaluate: Callable[[int, nn.Module], dict] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "training",
 ) -> list[dict]:
     """Full-batch AdamW on cross-entropy (one step = one epoch), resumable, with a log and saved checkpoints.
@@ -175,10 +224,10 @@ def train_full_batch_adamw(
     if saves[0] < 0 or logs[0] < 0 or logs[-1] > n_steps:
         raise ValueError(f"checkpoint_steps and log_steps must lie in [0, n_steps={n_steps}]")
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
-    done = [s for s in saves if store.exists(f"checkpoint_{s:07d}")]
+    done = _intact_prefix(store, saves)
     step, seconds, log = 0, 0.0, []
     if done:
-        state = store.load(f"checkpoint_{done[-1]:07d}")
+        state = store.load(checkpoint_name(done[-1]))
         if done[-1] == n_steps:
             model.load_state_dict(state["model"])
             return state["log"]
@@ -193,14 +242,14 @@ def train_full_batch_adamw(
         log.append({"step": at, "train_seconds": seconds, **(evaluate(at, model) if evaluate else {})})
         model.train(was_training)
         if at in saves:
-            store.save(f"checkpoint_{at:07d}",
+            store.save(checkpoint_name(at),
                        {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "log": log})
 
     if not done and 0 in logs:
         record(0)
     pending = [s for s in logs if s > step]
     model.train()
-    with tqdm(total=n_steps, initial=step, desc=desc, disable=not progress) as bar:
+    with tqdm(total=n_steps, initial=step, desc=desc, disable=not show_progress(progress)) as bar:
         while step < n_steps:
             started = time.perf_counter()
             optimiser.zero_grad(set_to_none=True)
@@ -213,17 +262,3 @@ def train_full_batch_adamw(
                 pending.pop(0)
                 record(step)
     return log
-
-
-def grokking_checkpoint_steps(n_steps: int) -> list[int]:
-    """The modular-addition design note's schedule, dense where the transition is expected.
-
-    Steps 0, 10, 50, 100, 200, 500; every 100 from 1,000 to 5,000; every 500 from 5,000 to 15,000; every 1,000
-    from 15,000 to 40,000 (and on, every 1,000, if ``n_steps`` is larger). Steps beyond ``n_steps`` are dropped;
-    ``n_steps`` itself is always included. 40,000 steps give 92 checkpoints (the note estimated 75–80).
-    """
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps={n_steps!r} must be a positive integer")
-    steps = {0, 10, 50, 100, 200, 500, n_steps}
-    steps |= set(range(1000, 5001, 100)) | set(range(5000, 15001, 500)) | set(range(15000, max(n_steps, 0) + 1, 1000))
-    return sorted(s for s in steps if s <= n_steps)

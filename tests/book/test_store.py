@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessian_core.results import ResultStore, parameter_key
+from hessian_book.store import CorruptResultError, ResultStore, parameter_key
 
 
 def test_key_depends_on_values_not_key_order():
@@ -68,7 +68,7 @@ def test_bad_names_and_parameters(tmp_path):
 
 
 def test_find_selects_stores_by_a_subset_of_parameters(tmp_path):
-    from hessian_core.results import ResultStore
+    from hessian_book.store import ResultStore
 
     a = ResultStore(tmp_path, "exp", dict(model=1, lr=0.1, schedule=[0, 5]))
     b = ResultStore(tmp_path, "exp", dict(model=1, lr=0.2, schedule=[0, 5]))
@@ -78,3 +78,38 @@ def test_find_selects_stores_by_a_subset_of_parameters(tmp_path):
     assert ResultStore.find(tmp_path, "exp", model=2) == []
     assert ResultStore.find(tmp_path, "missing", model=1) == []
     assert ResultStore.find(tmp_path, "exp", schedule=(0, 5))[0].params["schedule"] == [0, 5]
+
+
+def test_truncated_item_is_named_moved_aside_and_recomputed(tmp_path):
+    store = ResultStore(tmp_path, "exp", {"a": 1})
+    store.save("x", {"values": list(range(1000))})
+    path = store.path("x")
+    path.write_bytes(path.read_bytes()[:-200])  # a copy cut short
+    with pytest.raises(CorruptResultError, match="x.pt"):
+        store.load("x")
+    calls = []
+    with pytest.warns(RuntimeWarning, match=r"x\.pt is corrupt"):
+        value = store.cached("x", lambda: calls.append(1) or {"values": [7]})
+    assert value == {"values": [7]} and calls == [1]
+    assert (path.parent / "x.pt.corrupt").is_file()  # kept for inspection, never read as data
+    assert store.load("x") == {"values": [7]}
+
+
+def test_flipped_bit_fails_the_checksum(tmp_path):
+    store = ResultStore(tmp_path, "exp", {"a": 1})
+    store.save("x", np.arange(50.0))
+    data = bytearray(store.path("x").read_bytes())
+    data[-30] ^= 0x01
+    store.path("x").write_bytes(bytes(data))
+    with pytest.raises(CorruptResultError, match="checksum mismatch"):
+        store.load("x")
+    with pytest.warns(RuntimeWarning):
+        assert not store.verified("x")
+    assert not store.exists("x")
+
+
+def test_file_without_header_is_refused(tmp_path):
+    store = ResultStore(tmp_path, "exp", {"a": 1})
+    torch.save({"a": 1}, store.path("legacy"))  # written by something other than the store
+    with pytest.raises(CorruptResultError, match="no checksum header"):
+        store.load("legacy")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessian_core.data import MNIST_FILES, load_mnist, modular_addition_split, resolve_mnist_dir
+from hessian_book.data import MNIST_FILES, load_mnist, modular_addition_split, resolve_mnist_dir
 
 needs_mnist = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR not set")
 

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hessian_core.curves import transition_checkpoints, transition_window  # noqa: E402
-from hessian_core.plots import plot_density_evolution, plot_grokking_curves  # noqa: E402
+from hessian_book.curves import transition_checkpoints, transition_window  # noqa: E402
+from hessian_book.plots import plot_density_evolution, plot_grokking_curves  # noqa: E402
 
 
 def test_transition_window():
@@ -59,8 +59,8 @@ def test_transition_checkpoints():
 
 
 def test_slq_stats_match_exact_statistics_when_quadrature_is_exact():
-    from hessian_core.krylov import spectral_density
-    from hessian_core.grokking import slq_stats
+    from hessian_core import spectral_density
+    from hessian_book.measure import slq_stats
     from hessian_core.spectrum import spectrum_stats
 
     rng = np.random.default_rng(1)
@@ -82,44 +82,24 @@ def test_slq_stats_match_exact_statistics_when_quadrature_is_exact():
 def test_train_modadd_resumes_and_spectra_agree(tmp_path):
     import torch
 
-    from hessian_core.grokking import dense_spectrum, extreme_eigenvalues, hessian_batch, slq_density, train_modadd
+    from hessian_book.measure import dense_spectrum, extreme_eigenvalues, slq_density
+    from hessian_book.runs import hessian_batch, train_modadd
 
     torch.set_num_threads(1)
-    kwargs = dict(p=7, train_fraction=0.5, seed=0, d_model=4, n_heads=1, d_mlp=8, lr=1e-2, weight_decay=0.5,
+    kwargs = dict(p=7, train_fraction=0.5, split_seed=0, seed=0, d_model=4, n_heads=1, d_mlp=8, lr=1e-2, weight_decay=0.5,
                   betas=(0.9, 0.98), n_steps=20, log_every=5, checkpoint_steps=[0, 10])
     run = train_modadd(str(tmp_path), "t", progress=False, **kwargs)
     assert run.checkpoint_steps == [0, 10, 20] and list(run.curve("step")) == [0, 5, 10, 15, 20]
     again = train_modadd(str(tmp_path), "t", progress=False, **kwargs)
     assert again.log == run.log  # loaded, not retrained
-    model, batch = run.model_at(20), hessian_batch(7, 0.5, 0, 10)
+    model, batch = run.model_at(20), hessian_batch(7, 0.5, 0, 10, subsample_seed=1)
     dense = dense_spectrum(model, batch, n_vectors=2)
     extremes = extreme_eigenvalues(model, batch, k=3, tol=1e-10)
-    lam = dense["eigenvalues"]
-    assert np.allclose(extremes["eigenvalues"], np.concatenate([lam[:3], lam[-3:]]), atol=1e-8 * abs(lam).max())
+    lam = dense.eigenvalues
+    assert np.allclose(extremes.eigenvalues, np.concatenate([lam[:3], lam[-3:]]), atol=1e-8 * abs(lam).max())
     slq = slq_density(model, batch, n_probes=2, n_steps=5)
-    assert slq["nodes"].shape == (2, 5) and slq["hvps"] == 10
+    assert slq.nodes.shape == (2, 5) and slq.hvps == 10
     with pytest.raises(ValueError, match="n_samples"):
-        hessian_batch(7, 0.5, 0, 100)
+        hessian_batch(7, 0.5, 0, 100, subsample_seed=1)
     with pytest.raises(ValueError, match="log_every"):
         train_modadd(str(tmp_path), "t", progress=False, **{**kwargs, "log_every": 0})
-
-
-def test_modadd_checkpoint_steps():
-    from hessian_core.grokking import modadd_checkpoint_steps
-
-    steps = modadd_checkpoint_steps(20000, dense_every=500, dense_until=3000, sparse_every=5000)
-    assert steps == [0, 10, 50, 100, 200, 500, 1000, 1500, 2000, 2500, 3000, 8000, 13000, 18000, 20000]
-    assert modadd_checkpoint_steps(300, dense_every=100, dense_until=5000, sparse_every=1000) == [
-        0, 10, 50, 100, 200, 300]
-    with pytest.raises(ValueError, match="dense_every"):
-        modadd_checkpoint_steps(300, dense_every=0, dense_until=5000, sparse_every=1000)
-
-
-def test_phase_statistics():
-    from hessian_core.curves import phase_statistics
-
-    out = phase_statistics([0, 10, 20, 30, 40], [5.0, 1.0, 3.0, 2.0, 9.0], {"a": (10, 30), "b": (50, 60)})
-    assert out["a"] == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
-    assert out["b"]["n"] == 0 and np.isnan(out["b"]["median"])
-    with pytest.raises(ValueError, match="same length"):
-        phase_statistics([0, 1], [1.0], {})

@@ -1,0 +1,16 @@
+"""hessian_book: the book's chapters, built on the numerical core ``hessian_core``.
+
+Shared pieces, one job per module:
+
+* ``data``, ``models`` -- MNIST (checksummed) and modular addition; LeNet-tiny, the modular-addition transformer
+  and MLP;
+* ``store``, ``training``, ``runs`` -- the parameter-keyed, checksummed results store; resumable training loops;
+  the training runs the chapters share;
+* ``measure``, ``sharpness``, ``curves``, ``fourier`` -- per-checkpoint Hessian measurements; Adam-preconditioned
+  sharpness; events read off training curves; Fourier tools for modular addition;
+* ``config``, ``fanout``, ``progress``, ``glue``, ``plots`` -- chapter configurations; running independent
+  tasks on local processes or a Dask cluster; progress bars; glued numbers and words; figures.
+
+``hessian_book.chapters`` holds one module per chapter: a ``Config`` (defaults, presets, validation) and
+``run(config)`` returning the chapter's result; the notebooks in ``notebooks/`` only call them.
+"""
