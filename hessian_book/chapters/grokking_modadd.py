@@ -15,10 +15,11 @@ from torch import Tensor
 
 from .. import config as checks
 from ..config import ChapterConfig
+from ..curves import transition_checkpoints, transition_window
 from ..models import ModAddTransformer, n_parameters
 from ..runs import ModAddRun, hessian_batch as _hessian_batch, modadd_checkpoint_steps, train_modadd
 
-__all__ = ["Config", "main_run", "hessian_batch", "checkpoint_steps"]
+__all__ = ["Config", "main_run", "hessian_batch", "checkpoint_steps", "window", "transition_picks"]
 
 _DENSE_PICKS = ("before", "during", "after", "final")
 
@@ -142,3 +143,21 @@ def hessian_batch(config: Config) -> tuple[Tensor, Tensor]:
     """The Hessian's fixed subsample of training pairs: ``(LongTensor[n, 3], LongTensor[n])``."""
     return _hessian_batch(config.p, config.train_fraction, config.split_seed, config.hessian_samples,
                           subsample_seed=config.seed + 1)
+
+
+def window(run: ModAddRun, config: Config) -> dict:
+    """The transition of ``run``: ``{"start", "end"}``, the first logged steps at which test accuracy reaches
+    ``config.transition_low`` and ``config.transition_high`` (each ``None`` if never reached)."""
+    return transition_window(run.curve("step"), run.curve("test_acc"), low=config.transition_low,
+                             high=config.transition_high)
+
+
+def transition_picks(run: ModAddRun, config: Config) -> dict[str, int]:
+    """The checkpoints the chapter picks around the transition: ``{"before", "during", "after", "final"}`` steps.
+
+    ``before``/``during``/``after`` are :func:`hessian_book.curves.transition_checkpoints` of the chapter's
+    checkpoint schedule and :func:`window`; ``final`` is the last checkpoint. The Fiedler chapter reads the same
+    picks.
+    """
+    checkpoints = checkpoint_steps(config)
+    return {**transition_checkpoints(checkpoints, window(run, config)), "final": checkpoints[-1]}
