@@ -16,10 +16,11 @@ parameter:
     the workers of a running Dask distributed cluster whose scheduler listens
     at that address (``distributed`` is imported only then).
 
-Start a cluster in the project's environment, from the repository root so
-that workers import the same ``hessian_book``::
+Start a cluster in the project's environment, from the repository root.
+The scheduler as well as the workers must import ``hessian_book`` (the
+scheduler unpickles the submitted tasks), hence ``PYTHONPATH``::
 
-    dask scheduler --port 8786
+    PYTHONPATH=$PWD dask scheduler --port 8786
     PYTHONPATH=$PWD dask worker tcp://SCHEDULER_HOST:8786 --nworkers 2 --nthreads 1
 
 Use one thread per worker process (``--nthreads 1``): tasks that share a
