@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from hessian_core.data import load_mnist
-from hessian_core.experiments import hessian_subsample
+from hessian_book.data import load_mnist
+from hessian_book.runs import hessian_subsample
 from hessian_core.fiedler import fiedler_linkage
-from hessian_core.models import lenet_tiny
+from hessian_book.models import lenet_tiny
 from hessian_core.operators import full_hessian
 from hessian_core.partitions import adjusted_rand_index, top_clusters
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from hessian_core.data import load_mnist
-from hessian_core.models import lenet_tiny
+from hessian_book.data import load_mnist
+from hessian_book.models import lenet_tiny
 from hessian_core.operators import full_hessian
 
 

@@ -1,4 +1,4 @@
-"""HVPs and time: ``hessian_core.krylov.lanczos(op, 20, which="both")`` vs scipy ``eigsh`` LA + SA, same operator.
+"""HVPs and time: ``hessian_core.lanczos.lanczos(op, 20, which="both")`` vs scipy ``eigsh`` LA + SA, same operator.
 
     python benchmarks/bench_lanczos.py              # Hessian of a 1-layer transformer on modular addition
     python benchmarks/bench_lanczos.py --planted    # planted Hessian-like spectrum, dense P = 2000
@@ -31,7 +31,7 @@ import scipy
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
-from hessian_core.krylov import lanczos_solve
+from hessian_core.lanczos import lanczos_solve
 
 
 class CountingOperator(LinearOperator):
@@ -81,8 +81,8 @@ def transformer_operator(train_steps: int, n_hessian: int, seed: int) -> LinearO
     """Hessian of the mean cross-entropy of a briefly trained 1-layer modular-addition transformer."""
     import torch.nn.functional as F
 
-    from hessian_core.data import modular_addition_split
-    from hessian_core.models import ModAddTransformer
+    from hessian_book.data import modular_addition_split
+    from hessian_book.models import ModAddTransformer
     from hessian_core.operators import hessian_operator
 
     model = ModAddTransformer(p=113, d_model=32, n_heads=1, seed=seed)
