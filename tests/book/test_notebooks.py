@@ -11,7 +11,7 @@ import jupytext
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/book/ -> the repository
 SOURCES = sorted((ROOT / "notebooks").glob("*.md"))
 
 
