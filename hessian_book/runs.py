@@ -261,8 +261,9 @@ def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, i
                         split_seed=split_seed, seed=seed, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
                         betas=list(betas), log_every=log_every, hessian_every=hessian_every)
     train_store = ResultStore(results_dir, "mlp_depth_modadd", train_params)
+    # The Hessians are an analysis of the run: a child store keyed by the run's key and the analysis settings.
     hessian_store = ResultStore(results_dir, "mlp_depth_modadd_hessian",
-                                {**train_params, "lanczos_tol": lanczos_tol, "hessian_dtype": hessian_dtype})
+                                dict(run=train_store.key, lanczos_tol=lanczos_tol, hessian_dtype=hessian_dtype))
 
     def make_model() -> nn.Module:
         return ModAddMLP(p, depth, width, input_encoding, seed)
