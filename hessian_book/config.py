@@ -145,6 +145,9 @@ class ChapterConfig:
             if name not in values or _differs(value, defaults.get(name, dataclasses.MISSING)):
                 values[name] = value
         values["preset"] = preset
+        if values.get("results_dir", defaults.get("results_dir")) == "":
+            # one fresh temporary directory, shared with the nested chapter configurations
+            values["results_dir"] = tempfile.mkdtemp(prefix=f"{cls.__module__.rsplit('.', 1)[-1]}_")
         for f in dataclasses.fields(cls):
             kind = _nested_config(f)
             if kind is not None:
@@ -156,14 +159,9 @@ class ChapterConfig:
                     if unknown:
                         raise ConfigError(f"{f.name}: unknown parameters {sorted(unknown)} for {kind.__module__}")
                     nested = kind.from_parameters({"preset": preset if preset in kind.PRESETS else "full",
-                                                   "results_dir": values.get("results_dir", cls.defaults()["results_dir"]),
+                                                   "results_dir": values.get("results_dir", defaults["results_dir"]),
                                                    **nested})
                 values[f.name] = nested
-        if values.get("results_dir", "x") == "":
-            values["results_dir"] = tempfile.mkdtemp(prefix=f"{cls.__module__.rsplit('.', 1)[-1]}_")
-            for f in dataclasses.fields(cls):  # nested configs share the temporary directory
-                if _nested_config(f) is not None:
-                    values[f.name] = dataclasses.replace(values[f.name], results_dir=values["results_dir"])
         return cls(**values)
 
     def parameters(self) -> dict[str, Any]:
