@@ -1,12 +1,15 @@
-"""Grokking a + b mod p: a one-layer transformer trained full-batch with AdamW, and its Hessian spectrum through
-the transition.
+"""Grokking a + b mod p: a one-layer transformer trained full-batch with AdamW, replicated over initialisations and
+splits, with a no-weight-decay control, and its Hessian spectrum and circuit through the transition.
 
-``Config`` holds the chapter's parameters; :func:`main_run` trains (or reads) the chapter's main run, which the
-Fiedler and mechanistic chapters read too; :func:`hessian_batch` is the Hessian subsample and
-:func:`transition_picks` the checkpoints picked around the transition (the Fiedler chapter uses the same).
-:func:`run` computes the chapter: the recipe search, the main run, Lanczos and SLQ at every checkpoint, all
-eigenvalues at the picked checkpoints and the statistics per phase of training; the ``plot_*`` functions draw its
-figures from the :class:`Result`.
+``Config`` holds the chapter's parameters; :func:`main_run` trains (or reads) the chapter's reference run (the
+first initialisation on the reference split), which the Fiedler and mechanistic chapters read too;
+:func:`hessian_batch` is its Hessian subsample and :func:`transition_picks` the checkpoints picked around its
+transition. :func:`run` computes the chapter: the recipe search; every run of the replication and the control as
+independent tasks (:func:`hessian_book.fanout.run_tasks`; each trains, re-runs its own transition densely, and
+measures Lanczos extremes, SLQ and Nanda et al.'s progress measures at every checkpoint); then, for the reference
+run, all eigenvalues at the picks, the subsample against the full training set, and one loss spike resolved
+checkpoint by checkpoint; finally the phase comparisons over runs with bootstrap intervals. The ``plot_*``
+functions draw its figures from the :class:`Result`.
 """
 
 from __future__ import annotations
@@ -14,33 +17,57 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from hessian_core import eigen_linkage, spectral_gaps, spectrum_stats
+from hessian_core import eigen_linkage, hessian_operator, lanczos, spectral_gaps, spectrum_stats
 
 from .. import config as checks
+from ..circuit import mlp_activations, progress_measures
 from ..config import ChapterConfig
 from ..curves import grokking_delay, groks, phase_statistics, transition_checkpoints, transition_window
+from ..data import modular_addition_split
+from ..fanout import run_tasks
+from ..fourier import key_frequencies
 from ..measure import QuadratureDensity, dense_spectrum, extreme_eigenvalues, slq_density, slq_stats
 from ..models import ModAddTransformer, n_parameters
 from ..progress import show_progress
-from ..runs import ModAddRun, hessian_batch as _hessian_batch, modadd_checkpoint_steps, train_modadd
+from ..runs import ModAddRun, train_modadd
+from ..sampling import coverage, stratified_pairs
+from ..sharpness import adam_preconditioner, adam_stability_threshold, hessian_extremes
+from ..spikes import Spike, loss_spikes, spike_statistics
+from ..stats import PhaseDifference, phase_difference
 from ..store import ResultStore
+from ..training import checkpoint_name, split_evaluator, train_full_batch_adamw
 
-__all__ = ["Config", "main_run", "hessian_batch", "checkpoint_steps", "window", "transition_picks",
-           "recipe_label", "test_at_twice_memorised", "plateau_phases", "RecipeCurves", "Result",
-           "analysis_stores", "run", "plot_recipes", "plot_main_run", "plot_summary", "plot_spectrum_evolution",
-           "plot_density", "plot_dendrograms", "dendrogram_gif", "plot_cluster_counts", "plot_gap_barcode",
-           "plot_phases"]
+__all__ = ["Config", "RunSpec", "main_run", "train_run", "hessian_batch", "run_hessian_batch", "checkpoint_steps",
+           "window", "transition_picks", "refinement_steps", "refine_run", "recipe_label", "test_at_twice_memorised",
+           "plateau_phases", "run_boundaries", "phase_masks", "matched_boundaries", "RecipeCurves", "RunAnalysis",
+           "analyse_run", "task", "compare_phases", "Result", "analysis_stores", "run", "plot_recipes",
+           "plot_main_run", "plot_replication", "plot_progress_measures", "plot_spike", "plot_summary",
+           "plot_spectrum_evolution", "plot_density", "plot_dendrograms", "dendrogram_gif", "plot_cluster_counts",
+           "plot_gap_barcode", "plot_phases"]
 
 _DENSE_PICKS = ("before", "during", "after", "final")
+PHASES = ("plateau", "transition", "after")
+COMPARISONS = (("plateau", "transition"), ("transition", "after"), ("plateau", "after"))
+# the per-checkpoint quantities compared over phases: name -> (title, compared as log10?)
+QUANTITIES = {
+    "lambda_max": ("λ_max (Lanczos)", True),
+    "spread": ("λ_max / λ_k (top-k spread)", True),
+    "entropy": ("spectral entropy (SLQ)", False),
+    "lmax_loss": ("λ_max / loss", True),
+    "restricted_loss": ("restricted loss", True),
+    "excluded_loss": ("excluded loss", True),
+    "gini_embedding": ("Gini of W_E's Fourier norms", False),
+    "gini_unembedding": ("Gini of W_U's Fourier norms", False),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,36 +76,51 @@ class Config(ChapterConfig):
 
     Attributes:
         p, train_fraction: the task ``a + b mod p`` (p prime) and the share of all ``p²`` pairs trained on.
-        split_seed: the train/test split. seed: the initialisation; the Hessian subsample uses ``seed + 1``.
+        split_seed, seed: the reference run's split and initialisation (the run the other chapters read).
+        seeds: initialisations trained on ``split_seed`` (must contain ``seed``).
+        split_seeds: further splits, each trained from initialisation ``seed`` (must not contain ``split_seed``).
+        control_weight_decay: the control: the reference run's initialisation, split, model and budget with this
+            weight decay (0: no weight decay).
         lr, betas, weight_decay, n_steps: full-batch AdamW (Nanda et al. 2023, except the weight decay).
         log_every: train/test curves are logged this often.
-        d_model, n_heads, d_mlp: the main run's model (``d_mlp=None``: attention only).
-        dense_every, dense_until, sparse_every: checkpoints 0, 10, 50, 100, 200, 500, every ``dense_every`` from
-            1K to ``dense_until``, then every ``sparse_every``.
+        d_model, n_heads, d_mlp: the model (``d_mlp=None``: attention only).
+        n_log_checkpoints, sparse_every: checkpoints of every run: 0, ``n_log_checkpoints`` log-spaced steps from 10
+            to ``n_steps`` (multiples of ``log_every`` once above it), and every ``sparse_every``.
+        refine_every: each run's transition is re-run from its checkpoint before it, saving every ``refine_every``.
         recipe_configs, recipe_steps: the recipe search, ``[d_model, n_heads, d_mlp, weight_decay]`` each.
-        hessian_samples: the Hessian's seeded subsample of training pairs (float64).
+        hessian_samples: the Hessian's subsample of training pairs (stratified: every token and class; float64).
         lanczos_k, lanczos_tol, lanczos_block: eigenvalues at each end at every checkpoint, relative residual
             tolerance, block size.
         slq_probes, slq_steps: stochastic Lanczos quadrature at every checkpoint.
         n_vectors: top and bottom eigenvectors kept where the full spectrum is computed.
-        dense_picks: checkpoints that get all eigenvalues (of before, during, after, final).
+        dense_picks: checkpoints of the reference run that get all eigenvalues (of before, during, after, final).
         transition_low, transition_high: the transition is test accuracy climbing from low to high.
+        spike_every, spike_span, spike_tol: the resolved loss spike of the reference run: a checkpoint every
+            ``spike_every`` steps for ``spike_span`` steps from its start; sharpness to relative tolerance
+            ``spike_tol`` on the full training set.
+        n_boot: bootstrap replicates of every phase comparison.
+        scheduler: where the runs execute: ``None``/``""`` local processes, ``"serial"`` this process, or a Dask
+            scheduler address ``tcp://host:port`` (:mod:`hessian_book.fanout`). The numbers do not depend on it.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
         # a tiny model for a few hundred steps, in a fresh temporary directory so CI always recomputes
         "smoke": dict(p=23, d_model=8, d_mlp=16, weight_decay=1.0, lr=3e-3, n_steps=300, log_every=10,
+                      seeds=[0, 1], split_seeds=[1], n_log_checkpoints=8, sparse_every=100, refine_every=20,
                       recipe_configs=[[8, 1, None, 1.0], [8, 1, 16, 0.1], [8, 1, 16, 0.3], [8, 1, 16, 1.0],
                                       [8, 1, 8, 0.5]],
-                      recipe_steps=100, hessian_samples=20, lanczos_k=3, lanczos_block=2, slq_probes=2,
-                      slq_steps=10, n_vectors=3, results_dir=""),
+                      recipe_steps=100, hessian_samples=30, lanczos_k=3, lanczos_block=2, slq_probes=2,
+                      slq_steps=10, n_vectors=3, spike_span=40, n_boot=200, scheduler="serial", results_dir=""),
     }
 
     p: int = 113
     train_fraction: float = 0.3
     split_seed: int = 0
     seed: int = 0
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    split_seeds: list = field(default_factory=lambda: [1, 2])
+    control_weight_decay: float = 0.0
     lr: float = 1e-3
     betas: list = field(default_factory=lambda: [0.9, 0.98])
     n_steps: int = 40000
@@ -87,32 +129,48 @@ class Config(ChapterConfig):
     n_heads: int = 1
     d_mlp: int | None = 128
     weight_decay: float = 0.5
-    dense_every: int = 500
-    dense_until: int = 14000
-    sparse_every: int = 6500
+    n_log_checkpoints: int = 40
+    sparse_every: int = 4000
+    refine_every: int = 250
     recipe_configs: list = field(default_factory=lambda: [[32, 1, None, 1.0], [32, 1, 128, 0.1],
                                                           [32, 1, 128, 0.3], [32, 1, 128, 1.0],
                                                           [32, 1, 64, 0.5]])
     recipe_steps: int = 6000
     hessian_samples: int = 200
-    lanczos_k: int = 20
+    lanczos_k: int = 6
     lanczos_tol: float = 1e-6
-    lanczos_block: int = 8
-    slq_probes: int = 6
-    slq_steps: int = 50
+    lanczos_block: int = 4
+    slq_probes: int = 3
+    slq_steps: int = 30
     n_vectors: int = 50
     dense_picks: list = field(default_factory=lambda: ["before", "during", "after"])
     transition_low: float = 0.5
     transition_high: float = 0.95
+    spike_every: int = 10
+    spike_span: int = 300
+    spike_tol: float = 1e-4
+    n_boot: int = 2000
+    scheduler: str | None = None
 
     def validate(self) -> None:
         checks.prime("p", self.p)
-        for name in ("n_steps", "log_every", "d_model", "n_heads", "dense_every", "dense_until", "sparse_every",
+        for name in ("n_steps", "log_every", "d_model", "n_heads", "sparse_every", "refine_every",
                      "recipe_steps", "hessian_samples", "lanczos_k", "lanczos_block", "slq_probes", "slq_steps",
-                     "n_vectors"):
+                     "n_vectors", "n_log_checkpoints", "spike_every", "spike_span", "n_boot"):
             checks.positive_int(name, getattr(self, name))
         checks.non_negative_int("split_seed", self.split_seed)
         checks.non_negative_int("seed", self.seed)
+        checks.int_list("seeds", self.seeds)
+        checks.int_list("split_seeds", self.split_seeds, non_empty=False)
+        if len(set(self.seeds)) != len(self.seeds) or self.seed not in self.seeds:
+            raise checks.ConfigError(f"seeds={self.seeds!r} must be distinct and contain seed={self.seed}")
+        if len(set(self.split_seeds)) != len(self.split_seeds) or self.split_seed in self.split_seeds:
+            raise checks.ConfigError(f"split_seeds={self.split_seeds!r} must be distinct and not contain "
+                                     f"split_seed={self.split_seed}")
+        if self.n_log_checkpoints < 2:
+            raise checks.ConfigError(f"n_log_checkpoints={self.n_log_checkpoints} must be >= 2")
+        if self.spike_every > self.spike_span:
+            raise checks.ConfigError(f"spike_every={self.spike_every} must be <= spike_span={self.spike_span}")
         if self.lanczos_k < 2:
             raise checks.ConfigError(f"lanczos_k={self.lanczos_k} must be >= 2 (the top-k dendrograms need a merge)")
         if self.d_mlp is not None:
@@ -122,7 +180,13 @@ class Config(ChapterConfig):
         checks.fraction("train_fraction", self.train_fraction)
         checks.positive_float("lr", self.lr)
         checks.positive_float("lanczos_tol", self.lanczos_tol)
+        checks.positive_float("spike_tol", self.spike_tol)
         _non_negative("weight_decay", self.weight_decay)
+        _non_negative("control_weight_decay", self.control_weight_decay)
+        if self.control_weight_decay == self.weight_decay:
+            raise checks.ConfigError(f"control_weight_decay={self.control_weight_decay!r} must differ from "
+                                     f"weight_decay={self.weight_decay!r} (else the control is a replicate)")
+        checks.scheduler("scheduler", self.scheduler)
         if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
                 or not all(_real(b) and 0 <= b < 1 for b in self.betas)):
             raise checks.ConfigError(f"betas={self.betas!r} must be two numbers in [0, 1)")
@@ -155,12 +219,23 @@ class Config(ChapterConfig):
             except checks.ConfigError as error:
                 raise checks.ConfigError(f"recipe_configs entry {entry!r}: {error}") from None
         n_train = round(self.train_fraction * self.p * self.p)
-        if self.hessian_samples > n_train:
-            raise checks.ConfigError(f"hessian_samples={self.hessian_samples} exceeds the {n_train} training pairs")
+        if not self.p <= self.hessian_samples <= n_train:
+            raise checks.ConfigError(f"hessian_samples={self.hessian_samples} must lie in [p={self.p}, {n_train}] "
+                                     "(every answer class, at most the training pairs)")
+        if self.d_mlp is None:
+            raise checks.ConfigError("d_mlp=None: the progress measures read the MLP's neurons; give a width")
         n_params = n_parameters(ModAddTransformer(self.p, self.d_model, self.n_heads, self.d_mlp, self.seed))
         if 2 * self.lanczos_k > n_params or 2 * self.n_vectors > n_params:
             raise checks.ConfigError(f"lanczos_k={self.lanczos_k} and n_vectors={self.n_vectors} must be <= "
                                      f"{n_params // 2} (half the parameters)")
+
+    def runs(self) -> list[RunSpec]:
+        """The replication (initialisations on the reference split, then further splits) and the control last.
+        The first is the reference run."""
+        out = [RunSpec("grok", s, self.split_seed, self.weight_decay) for s in [self.seed] + [
+            s for s in self.seeds if s != self.seed]]
+        out += [RunSpec("grok", self.seed, s, self.weight_decay) for s in self.split_seeds]
+        return out + [RunSpec("control", self.seed, self.split_seed, self.control_weight_decay)]
 
 
 def _real(value: Any) -> bool:
@@ -172,25 +247,66 @@ def _non_negative(name: str, value: Any) -> None:
         raise checks.ConfigError(f"{name}={value!r} must be a finite number >= 0")
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the chapter: ``role`` ``"grok"`` (the recipe) or ``"control"``, its initialisation ``seed``,
+    ``split_seed`` and ``weight_decay``."""
+
+    role: str
+    seed: int
+    split_seed: int
+    weight_decay: float
+
+    @property
+    def label(self) -> str:
+        name = f"init {self.seed} · split {self.split_seed}"
+        return f"control (wd {self.weight_decay:g}), {name}" if self.role == "control" else name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs, checkpoints, transitions
+
+
 def checkpoint_steps(config: Config) -> list[int]:
-    """The main run's checkpoint schedule."""
-    return modadd_checkpoint_steps(config.n_steps, dense_every=config.dense_every, dense_until=config.dense_until,
-                                   sparse_every=config.sparse_every)
+    """Every run's checkpoint schedule: 0, ``n_log_checkpoints`` log-spaced steps from 10 to ``n_steps`` (rounded
+    to multiples of ``log_every`` once above it, so the logged curve stays regular), every ``sparse_every``, and
+    ``n_steps``."""
+    c = config
+    raw = np.geomspace(10, c.n_steps, c.n_log_checkpoints) if c.n_steps > 10 else np.array([c.n_steps])
+    steps = {0, c.n_steps} | set(range(0, c.n_steps + 1, c.sparse_every))
+    for s in raw:
+        s = int(round(s))
+        steps.add(int(round(s / c.log_every)) * c.log_every if s > c.log_every else s)
+    return sorted(s for s in steps if 0 <= s <= c.n_steps)
+
+
+def train_run(config: Config, spec: RunSpec, *, progress: bool | None = None) -> ModAddRun:
+    """Train (or resume, or read) one run; keyed by its training parameters only."""
+    c = config
+    return train_modadd(c.results_dir, "grokking_modadd", p=c.p, train_fraction=c.train_fraction,
+                        split_seed=spec.split_seed, seed=spec.seed, d_model=c.d_model, n_heads=c.n_heads,
+                        d_mlp=c.d_mlp, lr=c.lr, weight_decay=spec.weight_decay, betas=c.betas, n_steps=c.n_steps,
+                        log_every=c.log_every, checkpoint_steps=checkpoint_steps(c), progress=progress,
+                        desc=spec.label)
 
 
 def main_run(config: Config, *, progress: bool | None = None) -> ModAddRun:
-    """Train (or resume, or read) the chapter's main run; keyed by its training parameters only."""
-    return train_modadd(config.results_dir, "grokking_modadd", p=config.p, train_fraction=config.train_fraction,
-                        split_seed=config.split_seed, seed=config.seed, d_model=config.d_model,
-                        n_heads=config.n_heads, d_mlp=config.d_mlp, lr=config.lr, weight_decay=config.weight_decay,
-                        betas=config.betas, n_steps=config.n_steps, log_every=config.log_every,
-                        checkpoint_steps=checkpoint_steps(config), progress=progress, desc="main run")
+    """Train (or resume, or read) the chapter's reference run (``seed`` on ``split_seed``), which the Fiedler
+    and mechanistic chapters read."""
+    return train_run(config, config.runs()[0], progress=progress)
+
+
+def run_hessian_batch(config: Config, split_seed: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A run's Hessian subsample: ``hessian_samples`` training pairs of split ``split_seed`` covering every token
+    and answer class (:func:`hessian_book.sampling.stratified_pairs`, seeded by the run's ``seed + 1``)."""
+    train_x, train_y = modular_addition_split(config.p, config.train_fraction, split_seed)["train"]
+    index = stratified_pairs(train_x, train_y, config.hessian_samples, p=config.p, seed=seed + 1)
+    return train_x[index], train_y[index]
 
 
 def hessian_batch(config: Config) -> tuple[Tensor, Tensor]:
-    """The Hessian's fixed subsample of training pairs: ``(LongTensor[n, 3], LongTensor[n])``."""
-    return _hessian_batch(config.p, config.train_fraction, config.split_seed, config.hessian_samples,
-                          subsample_seed=config.seed + 1)
+    """The reference run's Hessian subsample: ``(LongTensor[n, 3], LongTensor[n])`` (:func:`run_hessian_batch`)."""
+    return run_hessian_batch(config, config.split_seed, config.seed)
 
 
 def window(run: ModAddRun, config: Config) -> dict:
@@ -201,14 +317,147 @@ def window(run: ModAddRun, config: Config) -> dict:
 
 
 def transition_picks(run: ModAddRun, config: Config) -> dict[str, int]:
-    """The checkpoints the chapter picks around the transition: ``{"before", "during", "after", "final"}`` steps.
+    """The checkpoints picked around the transition: ``{"before", "during", "after", "final"}`` steps.
 
-    ``before``/``during``/``after`` are :func:`hessian_book.curves.transition_checkpoints` of the chapter's
-    checkpoint schedule and :func:`window`; ``final`` is the last checkpoint. The Fiedler chapter reads the same
-    picks.
+    ``before``/``during``/``after`` are :func:`hessian_book.curves.transition_checkpoints` of the run's checkpoint
+    schedule (:func:`checkpoint_steps`, saved in the run's own store) and :func:`window`; ``final`` is the last
+    checkpoint. The Fiedler chapter reads the same picks.
     """
     checkpoints = checkpoint_steps(config)
     return {**transition_checkpoints(checkpoints, window(run, config)), "final": checkpoints[-1]}
+
+
+def refinement_steps(checkpoints: Sequence[int], window: Mapping, every: int) -> tuple[int, list[int]] | None:
+    """Where a run's transition is re-run densely: ``(resume, steps)``.
+
+    ``resume`` is the last checkpoint before the window's start; ``steps`` are ``resume``, the multiples of
+    ``every`` after it, and the first checkpoint at or after the window's end (the last checkpoint if none).
+    ``None`` if the window is open (no transition).
+    """
+    start, end = window.get("start"), window.get("end")
+    if start is None or end is None:
+        return None
+    checkpoints = sorted(int(s) for s in checkpoints)
+    earlier = [s for s in checkpoints if s < start]
+    later = [s for s in checkpoints if s >= end]
+    resume = earlier[-1] if earlier else checkpoints[0]
+    stop = later[0] if later else checkpoints[-1]
+    first = (resume // every + 1) * every
+    return resume, sorted({resume, stop} | set(range(first, stop, every)))
+
+
+def _refine_store(config: Config, run: ModAddRun, resume: int, steps: Sequence[int]) -> ResultStore:
+    return ResultStore(config.results_dir, "grokking_modadd_refine",
+                       dict(run=run.store.key, resume=resume, stop=steps[-1], every=config.refine_every))
+
+
+def _continue(run: ModAddRun, store: ResultStore, resume: int, steps: Sequence[int], *, log_steps: Sequence[int],
+              progress: bool | None, desc: str) -> list[dict]:
+    """Re-run ``run`` from its stored checkpoint ``resume`` to ``steps[-1]``, saving every step of ``steps`` into
+    ``store`` (full-batch AdamW is deterministic: the same trajectory)."""
+    if not store.verified(checkpoint_name(resume)):
+        state = run.store.load(checkpoint_name(resume))
+        state = dict(state, log=[r for r in state["log"] if r["step"] <= resume])
+        store.save(checkpoint_name(resume), state)
+    params = run.params
+    split = modular_addition_split(params["p"], params["train_fraction"], params["split_seed"])
+    model = ModAddTransformer(params["p"], params["d_model"], params["n_heads"], params["d_mlp"], params["seed"])
+    return train_full_batch_adamw(model, *split["train"], store=store, n_steps=int(steps[-1]), checkpoint_steps=steps,
+                                  lr=params["lr"], weight_decay=params["weight_decay"], betas=tuple(params["betas"]),
+                                  log_steps=log_steps, evaluate=split_evaluator(split["train"], split["test"]),
+                                  progress=progress, desc=desc)
+
+
+def refine_run(config: Config, run: ModAddRun, *, progress: bool | None = None) -> tuple[ResultStore, list[int],
+                                                                                          list[dict]] | None:
+    """Re-run ``run``'s own transition densely (:func:`refinement_steps`) into a child store keyed by the run's key
+    and the refinement window; ``(store, steps, log)`` or ``None`` without a transition."""
+    where = refinement_steps(run.checkpoint_steps, window(run, config), config.refine_every)
+    if where is None:
+        return None
+    resume, steps = where
+    store = _refine_store(config, run, resume, steps)
+    log = _continue(run, store, resume, steps, log_steps=steps, progress=progress, desc="transition, densely")
+    return store, steps, log
+
+
+def _model_from(store: ResultStore, params: Mapping, step: int) -> ModAddTransformer:
+    model = ModAddTransformer(params["p"], params["d_model"], params["n_heads"], params["d_mlp"], params["seed"])
+    model.load_state_dict(store.load(checkpoint_name(step))["model"])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phases of training
+
+
+def plateau_phases(checkpoints: Sequence[int], memorised: int | None, window: dict,
+                   picks: dict) -> tuple[int, dict[str, tuple[int, int]]]:
+    """The reference run's three phases as ``(first, last)`` checkpoint steps (both included), for its table.
+
+    Returns:
+        ``(memorised_checkpoint, phases)``: the first checkpoint at or after ``memorised`` (the first checkpoint
+        if the run never memorises, or memorises after the last checkpoint), and ``{"plateau": (memorised
+        checkpoint, before), "transition": (window start, window end), "after": (after, last checkpoint)}``
+        (an open window end counts as step 0).
+    """
+    memorised_checkpoint = next((s for s in checkpoints if memorised is not None and s >= memorised),
+                                checkpoints[0])
+    return memorised_checkpoint, {"plateau": (memorised_checkpoint, picks["before"]),
+                                  "transition": (window["start"] or 0, window["end"] or 0),
+                                  "after": (picks["after"], checkpoints[-1])}
+
+
+def run_boundaries(memorised: float | None, window: Mapping, n_steps: int) -> dict | None:
+    """A run's phase boundaries ``{"memorised", "start", "end", "stop"}`` from its own curve; ``None`` unless it
+    memorises and its transition both starts and ends."""
+    if memorised is None or window.get("start") is None or window.get("end") is None:
+        return None
+    return {"memorised": memorised, "start": window["start"], "end": window["end"], "stop": n_steps}
+
+
+def phase_masks(steps: Sequence[int], boundaries: Mapping | None) -> dict[str, np.ndarray]:
+    """Which checkpoints fall in each phase: plateau ``memorised <= s < start``, transition ``start <= s <= end``,
+    after ``end < s <= stop``. All empty without boundaries."""
+    steps = np.asarray(steps, dtype=float)
+    if boundaries is None:
+        return {name: np.zeros(len(steps), dtype=bool) for name in PHASES}
+    m, a, b, stop = (float(boundaries[k]) for k in ("memorised", "start", "end", "stop"))
+    return {"plateau": (steps >= m) & (steps < a), "transition": (steps >= a) & (steps <= b),
+            "after": (steps > b) & (steps <= stop)}
+
+
+def matched_boundaries(boundaries: Sequence[Mapping | None]) -> dict | None:
+    """The median over runs of each boundary (the steps at which the control is compared); ``None`` if no run
+    has boundaries."""
+    present = [b for b in boundaries if b is not None]
+    if not present:
+        return None
+    return {k: float(np.median([b[k] for b in present])) for k in ("memorised", "start", "end", "stop")}
+
+
+def compare_phases(values: Sequence[Mapping[str, np.ndarray]], steps: Sequence[np.ndarray],
+                   boundaries: Sequence[Mapping | None], *, log: bool, n_boot: int, seed: int = 0
+                   ) -> dict[tuple[str, str], PhaseDifference]:
+    """:func:`hessian_book.stats.phase_difference` for each of :data:`COMPARISONS`, over runs.
+
+    Args:
+        values: per run, the quantity at its checkpoints (``ndarray[T_r]``; non-positive values count as missing
+            with ``log``).
+        steps: per run, its checkpoint steps.
+        boundaries: per run, its (or the matched) :func:`run_boundaries`; runs with ``None`` are left out.
+    """
+    per_run = []
+    for v, s, b in zip(values, steps, boundaries):
+        if b is None:
+            continue
+        v = np.asarray(v, dtype=float).copy()
+        v[~np.isfinite(v)] = np.nan
+        if log:
+            v[v <= 0] = np.nan
+        masks = phase_masks(s, b)
+        per_run.append({name: v[mask] for name, mask in masks.items()})
+    return {(a, b): phase_difference(per_run, a, b, log=log, n_boot=n_boot, seed=seed) for a, b in COMPARISONS}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,105 +540,377 @@ def _recipe_table(curves: Sequence[RecipeCurves], runs: Sequence[ModAddRun]) -> 
     return table
 
 
+#
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Phases of training
+# One run's analysis (a task of the fan-out)
 
 
-def plateau_phases(checkpoints: Sequence[int], memorised: int | None, window: dict,
-                   picks: dict) -> tuple[int, dict[str, tuple[int, int]]]:
-    """The three phases the chapter compares, as ``(first, last)`` checkpoint steps (both included).
+def analysis_stores(config: Config, run: ModAddRun) -> dict[str, ResultStore]:
+    """The Hessian results of ``run``: one child store per method (``"lanczos"``, ``"slq"``, ``"dense"``), each
+    keyed by the training run's key, the stratified Hessian subsample and the method's own settings only.
+    Refined checkpoints share them: the trajectory is the same, so step ``s`` names one model."""
+    hessian = dict(run=run.store.key, hessian_samples=config.hessian_samples, subsample="stratified")
+    return {"lanczos": ResultStore(config.results_dir, "grokking_modadd_lanczos",
+                                   dict(hessian, k=config.lanczos_k, tol=config.lanczos_tol,
+                                        block=config.lanczos_block)),
+            "slq": ResultStore(config.results_dir, "grokking_modadd_slq",
+                               dict(hessian, probes=config.slq_probes, steps=config.slq_steps)),
+            "dense": ResultStore(config.results_dir, "grokking_modadd_dense",
+                                 dict(hessian, n_vectors=config.n_vectors))}
 
-    Args:
-        checkpoints: the checkpoint steps, ascending.
-        memorised: the first logged step with train accuracy >= 99 % (``None`` if never).
-        window: ``{"start", "end"}`` of the transition (:func:`window`).
-        picks: ``{"before", "after", ...}`` (:func:`transition_picks`).
-    Returns:
-        ``(memorised_checkpoint, phases)``: the first checkpoint at or after ``memorised`` (the first checkpoint
-        if the run never memorises, or memorises after the last checkpoint), and ``{"plateau": (memorised
-        checkpoint, before), "transition": (window start, window end), "after": (after, last checkpoint)}``
-        (an open window end counts as step 0).
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """One run measured at every checkpoint (its schedule plus its densely re-run transition).
+
+    Attributes:
+        spec: which run; run_key: its training store's key.
+        curves: its log (``step, train_loss, train_acc, test_loss, test_acc``), the re-run transition merged in.
+        memorised, generalised, ratio, groks: :func:`hessian_book.curves.grokking_delay` and ``groks``.
+        window: ``{"start", "end"}``; boundaries: :func:`run_boundaries` (``None`` without a full transition).
+        plateau_level: median test accuracy (in [0, 1]) over the logged steps from memorisation to the
+            transition's start (to the end of the run without one); NaN if it never memorises.
+        checkpoints: ``ndarray[T]``; refined: the steps of the dense re-run.
+        extremes: ``ndarray[T, 2k]`` Lanczos (k smallest, k largest, ascending); subsample_loss, lanczos_hvps,
+            slq_hvps: ``ndarray[T]``.
+        densities: SLQ quadratures; slq: their :func:`slq_stats` (index: step).
+        progress: :func:`hessian_book.circuit.progress_measures` with the run's final key frequencies, on the
+            training pairs (index: step).
+        key_frequencies: the final checkpoint's key frequencies.
+        spikes: :func:`hessian_book.spikes.loss_spikes` of the logged training loss (schedule run only).
+        coverage: :func:`hessian_book.sampling.coverage` of its Hessian subsample.
+        seconds: ``train``, ``refine``, ``lanczos``, ``slq``, ``progress`` (as stored when computed).
     """
-    memorised_checkpoint = next((s for s in checkpoints if memorised is not None and s >= memorised),
-                                checkpoints[0])
-    return memorised_checkpoint, {"plateau": (memorised_checkpoint, picks["before"]),
-                                  "transition": (window["start"] or 0, window["end"] or 0),
-                                  "after": (picks["after"], checkpoints[-1])}
+
+    spec: RunSpec
+    run_key: str
+    curves: pd.DataFrame
+    memorised: int | None
+    generalised: int | None
+    ratio: float | None
+    groks: bool
+    window: dict
+    boundaries: dict | None
+    plateau_level: float
+    checkpoints: np.ndarray
+    refined: np.ndarray
+    extremes: np.ndarray
+    subsample_loss: np.ndarray
+    lanczos_hvps: np.ndarray
+    slq_hvps: np.ndarray
+    densities: list
+    slq: pd.DataFrame
+    progress: pd.DataFrame
+    key_frequencies: list
+    spikes: list
+    coverage: dict
+    seconds: dict
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def quantities(self) -> dict[str, np.ndarray]:
+        """Each of :data:`QUANTITIES` at every checkpoint (``ndarray[T]``)."""
+        k = self.extremes.shape[1] // 2
+        tops = self.extremes[:, k:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spread = np.where(tops[:, 0] > 0, tops[:, -1] / tops[:, 0], np.nan)
+            lmax_loss = tops[:, -1] / self.subsample_loss
+        return {"lambda_max": tops[:, -1], "spread": spread, "entropy": self.slq["spectral_entropy"].to_numpy(),
+                "lmax_loss": lmax_loss, **{name: self.progress[name].to_numpy() for name in (
+                    "restricted_loss", "excluded_loss", "gini_embedding", "gini_unembedding")}}
 
 
-def _shape_titles(k: int) -> dict[str, str]:
-    """Glue prefix -> title of the scale-free quantities compared per phase."""
-    return {"entropy": "spectral entropy (SLQ)", "spread": f"λ_max / λ_{k} (top-{k} spread)",
-            "n_quarter": f"eigenvalues ≥ λ_max / 4 (of the top {k})", "negratio": "−λ_min / λ_max",
-            "negfrac": "negative mass fraction (SLQ)", "lmax_loss": "λ_max / loss"}
+def analyse_run(config: Config, spec: RunSpec, *, progress: bool | None = None) -> RunAnalysis:
+    """Train (or read) one run, re-run its transition densely, and measure every checkpoint: Lanczos extremes and
+    SLQ on its stratified Hessian subsample, and the progress measures. Everything is stored as it completes
+    (child stores keyed by the run's key), so a rerun reads it back and an interrupted one resumes."""
+    c = config
+    run = train_run(c, spec, progress=progress)
+    refined = refine_run(c, run, progress=progress)
+    main_steps = list(run.checkpoint_steps)
+    refine_steps = refined[1] if refined else []
+    steps = sorted(set(main_steps) | set(refine_steps))
+    params = run.params
+
+    def model_at(step: int) -> ModAddTransformer:
+        return _model_from(run.store if step in main_steps else refined[0], params, step)
+
+    split = modular_addition_split(c.p, c.train_fraction, spec.split_seed)
+    batch = run_hessian_batch(c, spec.split_seed, spec.seed)
+    stores = analysis_stores(c, run)
+    show = show_progress(progress)
+    from tqdm.std import tqdm
+
+    extremes, densities = [], []
+    for step in tqdm(steps, desc=f"{spec.label}: Lanczos + SLQ", disable=not show, leave=False):
+        model = model_at(step)
+        extremes.append(stores["lanczos"].cached(f"lanczos_{step:07d}", lambda: extreme_eigenvalues(
+            model, batch, k=c.lanczos_k, tol=c.lanczos_tol, block_size=c.lanczos_block, seed=spec.seed)))
+        densities.append(stores["slq"].cached(f"slq_{step:07d}", lambda: slq_density(
+            model, batch, n_probes=c.slq_probes, n_steps=c.slq_steps, seed=spec.seed)))
+    freqs = key_frequencies(mlp_activations(model_at(steps[-1]), c.p))
+    progress_store = ResultStore(c.results_dir, "grokking_modadd_progress", dict(run=run.store.key, frequencies=freqs))
+
+    def measure(step: int) -> dict:
+        started = time.perf_counter()
+        out = progress_measures(model_at(step), c.p, train=split["train"], frequencies=freqs)
+        return dict(out, seconds=time.perf_counter() - started)
+
+    records = [progress_store.cached(f"progress_{s:07d}", lambda: measure(s)) for s in steps]
+    progress_table = pd.DataFrame([{k: v for k, v in r.items() if k != "key_frequencies"} for r in records],
+                                  index=pd.Index(steps, name="step"))
+
+    log = {r["step"]: r for r in run.log}
+    if refined:
+        log.update({r["step"]: r for r in refined[2] if r["step"] not in log})
+    curves = pd.DataFrame([{k: log[s][k] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
+                           for s in sorted(log)])
+    s_, tr, te = run.curve("step"), run.curve("train_acc"), run.curve("test_acc")
+    delay = grokking_delay(s_, tr, te)
+    win = window(run, c)
+    if delay["memorised"] is None:
+        plateau = float("nan")
+    else:
+        inside = (s_ >= delay["memorised"]) & (s_ < (win["start"] if win["start"] is not None else np.inf))
+        plateau = float(np.median(te[inside])) if inside.any() else float("nan")
+    return RunAnalysis(
+        spec=spec, run_key=run.store.key, curves=curves, **delay, groks=groks(s_, tr, te), window=win,
+        boundaries=run_boundaries(delay["memorised"], win, c.n_steps), plateau_level=plateau,
+        checkpoints=np.array(steps), refined=np.array(refine_steps, dtype=int),
+        extremes=np.array([e.eigenvalues for e in extremes]), subsample_loss=np.array([e.loss for e in extremes]),
+        lanczos_hvps=np.array([e.hvps for e in extremes]), slq_hvps=np.array([d.hvps for d in densities]),
+        densities=densities,
+        slq=pd.DataFrame([slq_stats(d.nodes, d.weights, d.dimension) for d in densities],
+                         index=pd.Index(steps, name="step")),
+        progress=progress_table, key_frequencies=list(freqs),
+        spikes=loss_spikes(s_, run.curve("train_loss")),
+        coverage=coverage(*batch, c.p),
+        seconds=dict(train=float(run.log[-1]["train_seconds"]),
+                     refine=float(refined[2][-1]["train_seconds"] - refined[2][0]["train_seconds"]) if refined
+                     else 0.0,
+                     lanczos=sum(e.seconds for e in extremes), slq=sum(d.seconds for d in densities),
+                     progress=sum(r["seconds"] for r in records)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference run's extra measurements
+
+
+def _dense(config: Config, run: ModAddRun, step: int):
+    store = analysis_stores(config, run)["dense"]
+    return store.cached(f"dense_{step:07d}", lambda: dense_spectrum(run.model_at(step), hessian_batch(config),
+                                                                    n_vectors=config.n_vectors))
+
+
+def _fullset(config: Config, run: ModAddRun, step: int) -> dict:
+    """The top ``lanczos_k`` eigenvalues on the full training set at ``step`` (for the subsample comparison)."""
+    c = config
+    store = ResultStore(c.results_dir, "grokking_modadd_fullset",
+                        dict(run=run.store.key, k=c.lanczos_k, tol=c.lanczos_tol, block=c.lanczos_block))
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        train = modular_addition_split(c.p, c.train_fraction, c.split_seed)["train"]
+        op = hessian_operator(run.model_at(step), nn.CrossEntropyLoss(), train)
+        top = lanczos(op, c.lanczos_k, which="largest", tol=c.lanczos_tol, block_size=c.lanczos_block,
+                      seed=c.seed, progress=False)
+        return {"top": np.asarray(top), "hvps": op.n_products, "n": len(train[1]),
+                "seconds": time.perf_counter() - started}
+
+    return store.cached(f"fullset_{step:07d}", compute)
+
+
+def spike_to_resolve(analysis: RunAnalysis, config: Config) -> Spike | None:
+    """The first loss spike after the run memorises whose ``spike_span`` steps fit in the run (``None`` if none)."""
+    after = analysis.memorised if analysis.memorised is not None else 0
+    return next((s for s in analysis.spikes if s.start >= after and s.start + config.spike_span <= config.n_steps),
+                None)
+
+
+def _spike(config: Config, run: ModAddRun, start: int, *, progress: bool | None = False) -> list[dict]:
+    """Re-run ``run`` across the spike that starts at ``start``, a checkpoint every ``spike_every`` steps for
+    ``spike_span`` steps, and at each: λ_max, λ_min and Adam's preconditioned λ_max on the full training set."""
+    c = config
+    resume = max(s for s in run.checkpoint_steps if s <= start)
+    steps = sorted({resume} | set(range(start, start + c.spike_span + 1, c.spike_every)))
+    store = ResultStore(c.results_dir, "grokking_modadd_spike",
+                        dict(run=run.store.key, resume=resume, start=start, span=c.spike_span, every=c.spike_every))
+    log = _continue(run, store, resume, steps, log_steps=steps, progress=progress, desc="spike, densely")
+    sharp = ResultStore(c.results_dir, "grokking_modadd_spike_sharpness", dict(run=store.key, tol=c.spike_tol))
+    train = modular_addition_split(c.p, c.train_fraction, c.split_seed)["train"]
+    by_step = {r["step"]: r for r in log}
+
+    def compute(step: int) -> dict:
+        state = store.load(checkpoint_name(step))
+        model = _model_from(store, run.params, step)
+        P = adam_preconditioner(state["optimiser"])
+        return hessian_extremes(model, nn.CrossEntropyLoss(), train, tol=c.spike_tol, dtype=torch.float64,
+                                preconditioner=P)
+
+    return [{"step": s, "train_loss": by_step[s]["train_loss"], "test_acc": by_step[s]["test_acc"],
+             **sharp.cached(f"sharpness_{s:07d}", lambda: compute(s))} for s in steps if s >= start]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fan-out
+
+
+def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None = False, **arguments: Any) -> dict:
+    """One independent task of :func:`run` (module-level, so worker processes import it), with ``threads`` torch
+    threads (restored afterwards): ``kind="run"`` (``spec=dict(role, seed, split_seed, weight_decay)``):
+    :func:`analyse_run`; ``"dense"``/``"fullset"`` (``step=``): the reference run's full spectrum or full-set
+    top-k there; ``"spike"`` (``start=``): the resolved spike. Results go to the stores (atomic writes); the
+    return value is a small summary."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if kind == "run":
+            analysis = analyse_run(config, RunSpec(**arguments["spec"]), progress=progress)
+            return {"kind": kind, "label": analysis.label, "checkpoints": len(analysis.checkpoints),
+                    "groks": analysis.groks}
+        reference = main_run(config, progress=False)
+        if kind == "dense":
+            return {"kind": kind, "step": arguments["step"],
+                    "n": len(_dense(config, reference, arguments["step"]).eigenvalues)}
+        if kind == "fullset":
+            return {"kind": kind, "step": arguments["step"],
+                    "hvps": _fullset(config, reference, arguments["step"])["hvps"]}
+        if kind == "spike":
+            return {"kind": kind, "n": len(_spike(config, reference, arguments["start"], progress=progress))}
+        raise ValueError(f"kind={kind!r} must be 'run', 'dense', 'fullset' or 'spike'")
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The chapter's result
 
 
+def _shape_titles(k: int) -> dict[str, str]:
+    """Glue prefix -> title of the reference run's scale-free quantities compared per phase."""
+    return {"entropy": "spectral entropy (SLQ)", "spread": f"λ_max / λ_{k} (top-{k} spread)",
+            "n_quarter": f"eigenvalues ≥ λ_max / 4 (of the top {k})", "negratio": "−λ_min / λ_max",
+            "negfrac": "negative mass fraction (SLQ)", "lmax_loss": "λ_max / loss"}
+
+
+def _change(d: PhaseDifference, log: bool) -> tuple[float, float, float]:
+    """A difference as shown: a factor ``10**x`` for log quantities, else the difference itself."""
+    f = (lambda x: 10 ** x) if log else (lambda x: x)
+    return f(d.estimate), f(d.low), f(d.high)
+
+
+def _fmt(x: float, log: bool) -> str:
+    return f"×{x:.3g}" if log else f"{x:+.3g}"
+
+
+def verdict_sentence(title: str, diffs: Mapping[tuple[str, str], PhaseDifference], log: bool) -> str:
+    """``"<title> rises from the plateau to the transition (×2.1, 95 % interval ×1.5 to ×3.0 over 5 runs), …"``:
+    each comparison's direction word from its interval (:meth:`PhaseDifference.direction`)."""
+    parts = []
+    for (a, b), d in diffs.items():
+        est, low, high = _change(d, log)
+        parts.append(f"{d.direction()} from {'the ' if a != 'after' else ''}{a} to "
+                     f"{'the ' + b if b != 'after' else 'after it'} ({_fmt(est, log)}, 95 % interval "
+                     f"{_fmt(low, log)} to {_fmt(high, log)} over {d.n_seeds} runs)")
+    return f"{title} " + "; ".join(parts[:-1]) + "; and " + parts[-1]
+
+
 @dataclass(frozen=True)
 class Result:
     """Everything the chapter's figures, tables and prose read.
 
+    Reference-run fields (``checkpoints`` … ``lanczos_dir``) describe the reference run (init ``seed``, split
+    ``split_seed``); ``runs`` holds every run's :class:`RunAnalysis` (the reference first, the control last).
+
     Attributes:
-        config: the configuration that produced it.
-        main_label: the main run's :func:`recipe_label`; n_params: its parameter count.
-        recipes: the recipe table, one row per candidate (``recipe_configs`` in order, then the main run).
-        recipe_curves: the candidates' curves in the same order (the last is the main run).
-        curves: the main run's log (``step, train_loss, train_acc, test_loss, test_acc``, one row per logged step).
-        checkpoints: ``ndarray[T]`` checkpoint steps.
-        window: ``{"start", "end"}`` of the transition; picks: :func:`transition_picks`.
-        dense_picked: label -> step of the checkpoints with all eigenvalues (``config.dense_picks``).
-        memorised_checkpoint, phases: :func:`plateau_phases`.
-        extremes: ``ndarray[T, 2k]`` Lanczos eigenvalues at each checkpoint (k smallest, then k largest, ascending).
-        subsample_loss, lanczos_hvps: ``ndarray[T]`` the loss on the Hessian subsample and the HVPs Lanczos spent.
-        densities: the SLQ quadrature at each checkpoint; slq: its statistics (:func:`slq_stats`), one row per
-            checkpoint (index: step).
-        full, full_stats: step -> all eigenvalues (ascending) and :func:`hessian_core.spectrum_stats`, at the
-            picked checkpoints.
-        shape: glue prefix -> ``ndarray[T]`` of each scale-free quantity (titles: :attr:`shape_titles`).
-        by_phase: glue prefix -> :func:`hessian_book.curves.phase_statistics` of that quantity.
-        phase_table: medians and ranges of ``shape`` per phase; full_table: statistics of the full spectra.
-        lanczos_error: largest deviation of the Lanczos extremes from the full spectra, relative to the norm.
-        slq_error: relative deviation of the SLQ trace and spectral entropy from the full spectra (largest).
-        lanczos_dir: the Lanczos store's directory (the dendrogram GIF is written there).
-        timings: wall seconds: ``recipe`` and ``train`` (optimiser steps), ``lanczos``, ``slq``,
-            ``dense_hessian``, ``dense_eig`` (as stored when computed) and ``this_run`` (this call of :func:`run`).
+        config, main_label, n_params: the configuration, the model's :func:`recipe_label` and parameter count.
+        recipes, recipe_curves: the recipe table and curves (``recipe_configs`` in order, then the reference run).
+        runs: :class:`RunAnalysis` of each run.
+        checkpoints, window, picks, dense_picked, memorised_checkpoint, phases, extremes, subsample_loss,
+            lanczos_hvps, densities, slq, full, full_stats, shape, by_phase, phase_table, full_table,
+            lanczos_error, slq_error, lanczos_dir: the reference run's spectra (as in the single-run chapter).
+        replication: one row per run (events, plateau level, final accuracy, groks, spikes).
+        diffs: quantity -> comparison -> :class:`PhaseDifference` over the grokking runs, each in its own phases.
+        matched: the same at the matched (median) boundaries; control: the control's differences there.
+        matched_steps: the matched boundaries (``None`` if no run has a transition).
+        verdicts: the table of ``diffs`` with the control's change at matched steps.
+        coverage, coverage_plain: the reference subsample's coverage, stratified and (for comparison) a plain
+            seeded subsample of the same size.
+        fullset_table: top-k on the subsample against the full training set at the dense picks.
+        spike, spike_records: the resolved spike (``None`` and ``[]`` if none) and its per-step sharpness records.
+        workers: the process (``host:pid``) that ran each task; timings: wall seconds per phase.
     """
 
     config: Config
     main_label: str
     n_params: int
     recipes: pd.DataFrame
-    recipe_curves: list[RecipeCurves]
-    curves: pd.DataFrame
+    recipe_curves: list
+    runs: list
     checkpoints: np.ndarray
     window: dict
-    picks: dict[str, int]
-    dense_picked: dict[str, int]
+    picks: dict
+    dense_picked: dict
     memorised_checkpoint: int
-    phases: dict[str, tuple[int, int]]
+    phases: dict
     extremes: np.ndarray
     subsample_loss: np.ndarray
     lanczos_hvps: np.ndarray
-    densities: list[QuadratureDensity]
+    densities: list
     slq: pd.DataFrame
-    full: dict[int, np.ndarray]
-    full_stats: dict[int, dict]
-    shape: dict[str, np.ndarray]
-    by_phase: dict[str, dict[str, dict]]
+    full: dict
+    full_stats: dict
+    shape: dict
+    by_phase: dict
     phase_table: pd.DataFrame
     full_table: pd.DataFrame
     lanczos_error: float
-    slq_error: dict[str, float]
+    slq_error: dict
     lanczos_dir: str
-    timings: dict[str, float]
+    replication: pd.DataFrame
+    diffs: dict
+    matched: dict
+    control: dict
+    matched_steps: dict | None
+    verdicts: pd.DataFrame
+    coverage: dict
+    coverage_plain: dict
+    fullset_table: pd.DataFrame
+    spike: Spike | None
+    spike_records: list
+    workers: list
+    timings: dict
 
     @property
     def main(self) -> RecipeCurves:
-        """The main run's curves and grokking events."""
+        """The reference run's curves and grokking events."""
         return self.recipe_curves[-1]
+
+    @property
+    def reference(self) -> RunAnalysis:
+        return self.runs[0]
+
+    @property
+    def grok_runs(self) -> list[RunAnalysis]:
+        """The runs of the recipe (not the control)."""
+        return [r for r in self.runs if r.spec.role == "grok"]
+
+    @property
+    def control_run(self) -> RunAnalysis:
+        return self.runs[-1]
+
+    @property
+    def grokking(self) -> list[RunAnalysis]:
+        """The runs of the recipe that grok (the phase comparisons use these)."""
+        return [r for r in self.grok_runs if r.groks and r.boundaries is not None]
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        return self.reference.curves
 
     @property
     def tops(self) -> np.ndarray:
@@ -402,7 +923,6 @@ class Result:
 
     @property
     def dense_sorted_finite(self) -> bool:
-        """Whether every full spectrum is ascending and finite."""
         return all(bool(np.all(np.diff(lam) >= 0) and np.isfinite(lam).all()) for lam in self.full.values())
 
     @property
@@ -410,7 +930,7 @@ class Result:
         return _shape_titles(self.config.lanczos_k)
 
     def curve_at_checkpoints(self, name: str) -> np.ndarray:
-        """``ndarray[T]`` of a logged quantity at the checkpoints."""
+        """``ndarray[T]`` of a logged quantity at the reference run's checkpoints."""
         return self.curves.set_index("step").loc[self.checkpoints, name].to_numpy()
 
     def glued(self) -> dict[str, Any]:
@@ -420,17 +940,21 @@ class Result:
         for i, r in enumerate(self.recipe_curves):  # recipe_configs in order, then the main run
             out.update({f"recipe{i}_train": 100 * r.train_acc[-1], f"recipe{i}_test": 100 * r.test_acc[-1],
                         f"recipe{i}_memorised": _nan(r.memorised), f"recipe{i}_generalised": _nan(r.generalised),
-                        f"recipe{i}_ratio": _nan(r.ratio), f"recipe{i}_test2x": _nan(r.test2x)})
+                        f"recipe{i}_ratio": _nan(r.ratio), f"recipe{i}_test2x": _nan(r.test2x),
+                        f"recipe{i}_groks": "groks" if r.groks else "does not grok",
+                        f"recipe{i}_label": r.label})
         main = self.main
         out.update(memorised=_nan(main.memorised), generalised=_nan(main.generalised), ratio=_nan(main.ratio),
                    window_start=_nan(self.window["start"]), window_end=_nan(self.window["end"]))
-        test_at = dict(zip(main.steps.tolist(), main.test_acc))
+        test_at = dict(zip(self.curves["step"].tolist(), self.curves["test_acc"]))
         for key in ("before", "during", "after"):
             out[f"pick_{key}"] = self.picks[key]
             out[f"pick_{key}_test"] = 100 * test_at[self.picks[key]]
         out.update(final_test_acc=100 * main.test_acc[-1], final_train_acc=100 * main.train_acc[-1],
                    n_steps=c.n_steps, recipe_steps=c.recipe_steps, n_params=self.n_params,
                    n_checkpoints=len(self.checkpoints), main_label=self.main_label,
+                   n_schedule=len(checkpoint_steps(c)), n_refined=len(self.reference.refined),
+                   refine_every=c.refine_every, n_log_checkpoints=c.n_log_checkpoints, sparse_every=c.sparse_every,
                    grokked="groks" if main.groks else "does not grok", transition_low=100 * c.transition_low,
                    transition_high=100 * c.transition_high, n_recipes=len(self.recipe_curves),
                    n_recipes_grokking=sum(r.groks for r in self.recipe_curves), pick_final=self.picks["final"],
@@ -438,7 +962,7 @@ class Result:
                    lanczos_error=self.lanczos_error, slq_trace_error=100 * self.slq_error["trace"],
                    slq_entropy_error=100 * self.slq_error["spectral_entropy"],
                    hessian_samples=c.hessian_samples, lanczos_k=k, lanczos_tol=c.lanczos_tol,
-                   slq_probes=c.slq_probes, slq_steps=c.slq_steps)
+                   slq_probes=c.slq_probes, slq_steps=c.slq_steps, p=c.p)
         gaps_inside_top = all(np.all(spectral_gaps(self.full[s], top=10)[:, 1] >= self.full[s][-k])
                               for s in self.dense_steps)
         out["gaps_inside_top"] = "are" if gaps_inside_top else "are not all"
@@ -450,9 +974,9 @@ class Result:
             out[f"n_{label}"] = self.by_phase[first][label]["n"]
         for label, v in phase_statistics(self.checkpoints, self.subsample_loss, self.phases).items():
             out[f"loss_{label}"] = v["median"]
-        # the overall scale against the loss: correlation of log λ_max and log loss over all checkpoints
         lmax = self.extremes[:, -1]
-        out["corr_lmax_loss"] = np.corrcoef(np.log(lmax), np.log(self.subsample_loss))[0, 1]
+        ok = (lmax > 0) & (self.subsample_loss > 0)
+        out["corr_lmax_loss"] = np.corrcoef(np.log(lmax[ok]), np.log(self.subsample_loss[ok]))[0, 1]
         after = self.subsample_loss[self.checkpoints >= self.memorised_checkpoint]
         out["loss_span"] = np.log10(after.max() / after.min())
         out["memorised_ckpt"] = self.memorised_checkpoint
@@ -465,123 +989,319 @@ class Result:
             out[f"full_{label}_l4"] = lam[-4] / lam[-1]
         out["full_small_list"] = ", ".join(f"{out[f'full_{label}_small']:.0f} % ({label}, step {step})"
                                            for label, step in self.dense_picked.items())
-        stored = {key: value for key, value in self.timings.items() if key != "this_run"}
-        out.update({f"seconds_{key}": value for key, value in stored.items()})
-        out["minutes_total"] = sum(stored.values()) / 60
-        out["lanczos_hvps"] = float(np.mean(self.lanczos_hvps))
-        out["seconds_this_run"] = self.timings["this_run"]
-        out["threads"] = torch.get_num_threads()
+        out.update(self._glued_replication())
+        out.update(self._glued_verdicts())
+        out.update(self._glued_subsample())
+        out.update(self._glued_spikes())
+        out.update(self._glued_timings())
         return out
+
+    def _glued_replication(self) -> dict[str, Any]:
+        c, runs = self.config, self.grok_runs
+        out: dict[str, Any] = dict(n_runs=len(runs), n_grok=len(self.grokking), n_init=len(c.seeds),
+                                   n_splits=len(c.split_seeds), seed=c.seed, split_seed=c.split_seed,
+                                   seeds_list=", ".join(map(str, c.seeds)),
+                                   split_seeds_list=", ".join(map(str, c.split_seeds)) or "none",
+                                   k_of_n=f"{len(self.grokking)} of {len(runs)}")
+        for name, values in (("memorised", [r.memorised for r in runs]), ("generalised", [r.generalised for r in runs]),
+                             ("delay", [r.ratio for r in runs]),
+                             ("plateau", [100 * r.plateau_level for r in runs]),
+                             ("final", [100 * r.curves["test_acc"].iloc[-1] for r in runs])):
+            x = np.array([np.nan if v is None else v for v in values], dtype=float)
+            x = x[np.isfinite(x)]
+            out[f"{name}_n"] = len(x)
+            for stat, f in (("median", np.median), ("min", np.min), ("max", np.max)):
+                out[f"{name}_{stat}"] = float(f(x)) if len(x) else float("nan")
+        missing = [r for r in runs if not r.groks]
+        out["not_grokking"] = ("Every run groks." if not missing else
+                               "Not grokking by the definition: " + "; ".join(
+                                   f"{r.label} ({_why_not(r)})" for r in missing) + ".")
+        ctrl = self.control_run
+        out.update(control_wd=ctrl.spec.weight_decay, control_groks="groks" if ctrl.groks else "does not grok",
+                   control_final_test=100 * ctrl.curves["test_acc"].iloc[-1],
+                   control_final_train=100 * ctrl.curves["train_acc"].iloc[-1],
+                   control_memorised=_nan(ctrl.memorised), control_plateau=100 * ctrl.plateau_level,
+                   control_max_test=100 * ctrl.curves["test_acc"].max())
+        out["control_note"] = (
+            "so it is not a non-grokking control: changes at the transition cannot be told from it"
+            if ctrl.groks else "so it is the non-grokking control the comparison needs")
+        return out
+
+    def _glued_verdicts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        n = len(self.grokking)
+        m = self.matched_steps
+        out["matched_steps"] = ("no run has a complete transition, so there are no matched steps" if m is None else
+                                f"memorised at step {m['memorised']:.0f}, transition from step {m['start']:.0f} "
+                                f"to {m['end']:.0f}")
+        if n < 2:
+            why = ("no run of the recipe groks" if n == 0 else "only one run of the recipe groks")
+            out["verdict_note"] = (f"{why.capitalize()} (the smoke preset's tiny model does not), so there is no "
+                                   "interval over runs and no verdict below." if self.config.preset == "smoke" else
+                                   f"{why.capitalize()}, so there is no interval over runs and no verdict below.")
+        else:
+            out["verdict_note"] = (f"Each statement below is computed from the {n} runs that grok, each in its own "
+                                   "phases; its direction word is read off the 95 % interval.")
+        clear = outside = 0
+        for q, (title, log) in QUANTITIES.items():
+            diffs = self.diffs[q]
+            out[f"verdict_{q}"] = (verdict_sentence(title, diffs, log) + "." if n >= 2 else
+                                   f"{title}: no verdict (fewer than two runs grok).")
+            for (a, b), d in diffs.items():
+                est, low, high = _change(d, log)
+                key = f"{q}_{a}_{b}"
+                out.update({f"{key}_word": d.direction() if n >= 2 else "has no verdict", f"{key}_est": est,
+                            f"{key}_low": low, f"{key}_high": high})
+                if n >= 2 and d.direction() != "shows no clear change":
+                    clear += 1
+                    ctrl = self.control[q][(a, b)]
+                    if not d.low <= ctrl.estimate <= d.high:
+                        outside += 1
+        out.update(n_clear=clear, n_clear_outside=outside, n_comparisons=len(QUANTITIES) * len(COMPARISONS))
+        return out
+
+    def _glued_subsample(self) -> dict[str, Any]:
+        s, plain = self.coverage, self.coverage_plain
+        out = dict(cov_tokens=s["tokens"], cov_classes=s["classes"], cov_min_class=s["min_per_class"],
+                   cov_min_token=s["min_per_token"], plain_tokens=plain["tokens"], plain_classes=plain["classes"],
+                   plain_missing_tokens=", ".join(map(str, plain["missing_tokens"])) or "none",
+                   n_train_pairs=round(self.config.train_fraction * self.config.p ** 2),
+                   n_fullset=len(self.fullset_table))
+        t = self.fullset_table
+        if len(t):
+            out.update(fullset_lmax_min=t["λ_max ratio"].min(), fullset_lmax_max=t["λ_max ratio"].max(),
+                       fullset_ratio_min=t["top-k ratio min"].min(), fullset_ratio_max=t["top-k ratio max"].max())
+        freqs = self.reference.key_frequencies
+        out.update(key_freqs=", ".join(map(str, freqs)) or "none", n_key_freqs=len(freqs),
+                   key_freq_counts=", ".join(str(len(r.key_frequencies)) for r in self.grok_runs))
+        return out
+
+    def _glued_spikes(self) -> dict[str, Any]:
+        c = self.config
+        stats = [spike_statistics(r.spikes) for r in self.grok_runs]
+        periods = np.array([s["period_median"] for s in stats], dtype=float)
+        rises = np.array([s["rise_median"] for s in stats], dtype=float)
+        out: dict[str, Any] = dict(spikes_total=sum(s["count"] for s in stats),
+                                   spikes_ref=stats[0]["count"], spikes_control=len(self.control_run.spikes),
+                                   log_every=c.log_every)
+        for name, x in (("spike_period", periods), ("spike_rise", rises)):
+            x = x[np.isfinite(x)]
+            out[f"{name}_median"] = float(np.median(x)) if len(x) else float("nan")
+            out[f"{name}_min"] = float(x.min()) if len(x) else float("nan")
+            out[f"{name}_max"] = float(x.max()) if len(x) else float("nan")
+        threshold = adam_stability_threshold(c.lr, c.betas[0])
+        out["adam_threshold"] = threshold
+        if self.spike is None:
+            out["spike_note"] = ("The reference run has no loss spike after it memorises (with room for the dense "
+                                 "re-run), so none is resolved.")
+            return out
+        rec = pd.DataFrame(self.spike_records)
+        pre = rec["preconditioned_lambda_max"].to_numpy()
+        peak = int(rec["step"].iloc[int(np.argmax(rec["train_loss"].to_numpy()))])
+        out.update(spike_start=self.spike.start, spike_rise=self.spike.rise, spike_n=len(rec),
+                   spike_every=c.spike_every, spike_span=c.spike_span, spike_peak_step=peak,
+                   spike_loss_min=rec["train_loss"].min(), spike_loss_max=rec["train_loss"].max(),
+                   spike_lmax_min=rec["lambda_max"].min(), spike_lmax_max=rec["lambda_max"].max(),
+                   spike_pre_min=np.nanmin(pre), spike_pre_max=np.nanmax(pre),
+                   spike_pre_at_peak=float(pre[int(np.nanargmax(pre))]),
+                   spike_pre_peak_step=int(rec["step"].iloc[int(np.nanargmax(pre))]),
+                   spike_above=int(np.sum(pre > threshold)),
+                   spike_relation=("exceeds" if np.nanmax(pre) > threshold else "stays below"))
+        out["spike_note"] = (f"The resolved spike starts at step {self.spike.start} of the reference run; "
+                             f"{len(rec)} checkpoints, every {c.spike_every} steps, cover it.")
+        return out
+
+    def _glued_timings(self) -> dict[str, Any]:
+        t = self.timings
+        stored = {key: value for key, value in t.items() if key not in ("this_run", "tasks")}
+        out = {f"seconds_{key}": value for key, value in stored.items()}
+        out["minutes_total"] = sum(stored.values()) / 60
+        out["lanczos_hvps"] = float(np.mean(np.concatenate([r.lanczos_hvps for r in self.runs])))
+        out["slq_hvps"] = float(np.mean(np.concatenate([r.slq_hvps for r in self.runs])))
+        out["n_checkpoints_all"] = int(sum(len(r.checkpoints) for r in self.runs))
+        out["seconds_this_run"] = t["this_run"]
+        out["seconds_tasks"] = t["tasks"]
+        out["threads"] = 1
+        out["n_workers"] = len(set(self.workers))
+        out["scheduler_name"] = {None: "local worker processes", "": "local worker processes",
+                                 "serial": "the calling process"}.get(self.config.scheduler,
+                                                                      f"a Dask cluster ({self.config.scheduler})")
+        return out
+
+
+def _why_not(r: RunAnalysis) -> str:
+    if r.memorised is None:
+        return "never reaches 99 % train accuracy"
+    if r.generalised is None:
+        return f"test accuracy never reaches 95 % (final {100 * r.curves['test_acc'].iloc[-1]:.1f} %)"
+    if r.ratio is not None and r.ratio < 5:
+        return f"generalises only {r.ratio:.1f}× after memorising"
+    return f"final test accuracy {100 * r.curves['test_acc'].iloc[-1]:.1f} %"
 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-def analysis_stores(config: Config, run: ModAddRun) -> dict[str, ResultStore]:
-    """The chapter's Hessian results of ``run``: one child store per method (``"lanczos"``, ``"slq"``,
-    ``"dense"``), each keyed by the training run's key, the Hessian subsample and the method's own settings only."""
-    hessian = dict(run=run.store.key, hessian_samples=config.hessian_samples)
-    return {"lanczos": ResultStore(config.results_dir, "grokking_modadd_lanczos",
-                                   dict(hessian, k=config.lanczos_k, tol=config.lanczos_tol,
-                                        block=config.lanczos_block)),
-            "slq": ResultStore(config.results_dir, "grokking_modadd_slq",
-                               dict(hessian, probes=config.slq_probes, steps=config.slq_steps)),
-            "dense": ResultStore(config.results_dir, "grokking_modadd_dense",
-                                 dict(hessian, n_vectors=config.n_vectors))}
+def _replication_table(runs: Sequence[RunAnalysis]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        stats = spike_statistics(r.spikes)
+        rows.append({"run": r.label, "train ≥ 99 % at": r.memorised, "test ≥ 95 % at": r.generalised,
+                     "delay (×)": _nan(r.ratio), "transition": (f"{r.window['start']}–{r.window['end']}"
+                                                                if r.boundaries else "—"),
+                     "plateau test acc. (%)": 100 * r.plateau_level,
+                     "final test acc. (%)": 100 * float(r.curves["test_acc"].iloc[-1]),
+                     "groks": "yes" if r.groks else "no", "loss spikes": stats["count"],
+                     "spike period (median)": stats["period_median"], "checkpoints": len(r.checkpoints),
+                     "key frequencies": ", ".join(map(str, r.key_frequencies)) or "—"})
+    table = pd.DataFrame(rows).set_index("run")
+    for column in ("train ≥ 99 % at", "test ≥ 95 % at"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
+def _verdict_table(diffs: Mapping, control: Mapping, n_grokking: int) -> pd.DataFrame:
+    rows = []
+    for q, (title, log) in QUANTITIES.items():
+        for (a, b), d in diffs[q].items():
+            est, low, high = _change(d, log)
+            ctrl = _change(control[q][(a, b)], log)[0]
+            rows.append({"quantity": title, "change": f"{a} → {b}", "runs": d.n_seeds,
+                         "estimate": est, "95 % low": low, "95 % high": high,
+                         "direction": d.direction() if n_grokking >= 2 else "no verdict",
+                         "control at matched steps": ctrl, "scale": "factor" if log else "difference"})
+    return pd.DataFrame(rows).set_index(["quantity", "change"])
+
+
+def _fullset_table(config: Config, reference: RunAnalysis, fullset: Mapping[str, tuple[int, dict]]) -> pd.DataFrame:
+    rows = []
+    k = config.lanczos_k
+    for pick, (step, rec) in fullset.items():
+        sub = reference.extremes[list(reference.checkpoints).index(step), k:]
+        full = np.asarray(rec["top"])
+        ratio = full / sub
+        rows.append({"checkpoint": pick, "step": step, "λ_max subsample": sub[-1], "λ_max full set": full[-1],
+                     "λ_max ratio": full[-1] / sub[-1], f"λ_{k} subsample": sub[0], f"λ_{k} full set": full[0],
+                     "top-k ratio min": ratio.min(), "top-k ratio max": ratio.max(),
+                     "HVPs (full set)": rec["hvps"]})
+    return pd.DataFrame(rows).set_index("checkpoint") if rows else pd.DataFrame(
+        columns=["step", "λ_max ratio", "top-k ratio min", "top-k ratio max"])
 
 
 def run(config: Config, *, progress: bool | None = None) -> Result:
     """Compute the chapter (every step is stored as it completes, so an interrupted run resumes).
 
-    Trains the recipe candidates and the main run (stores keyed by training parameters only), then at every
-    checkpoint the Lanczos extremes and the SLQ density, and all eigenvalues at the picked checkpoints, each method
-    in a child store keyed by ``dict(run=<main run's key>, hessian_samples=..., <its own parameters>)``.
+    The recipe candidates train in this process; the runs of the replication and the control are independent
+    tasks (:func:`task`, ``kind="run"``) on ``config.scheduler``, then the reference run's dense spectra, full-set
+    top-k and resolved spike are a second round of tasks. Afterwards everything is read back from the stores here.
     """
     started = time.perf_counter()
     show = show_progress(progress)
-    from tqdm.std import tqdm
-
     c, k = config, config.lanczos_k
+    serial = c.scheduler == "serial"
     recipe_runs = [_recipe_run(c, *entry, progress=progress) for entry in c.recipe_configs]
-    main = main_run(c, progress=progress)
-    main_label = recipe_label(c.d_model, c.n_heads, c.d_mlp, c.weight_decay)
-    labels = [recipe_label(*entry) for entry in c.recipe_configs] + [main_label + " (chosen)"]
-    recipe_curves = [RecipeCurves.of(label, r) for label, r in zip(labels, recipe_runs + [main])]
-    checkpoints = checkpoint_steps(c)
+    specs = c.runs()
+    workers: list[str] = []
+    tasks_started = time.perf_counter()
+    first = run_tasks(task, [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
+                             for s in specs], scheduler=c.scheduler, desc="runs", progress=show)
+    workers += [r.worker for r in first]
+    main = main_run(c, progress=False)
+    runs = [analyse_run(c, s, progress=False) for s in specs]
+    reference = runs[0]
     win = window(main, c)
     picks = transition_picks(main, c)
-
-    lanczos_store, slq_store, dense_store = analysis_stores(c, main).values()
-    batch = hessian_batch(c)
-    extremes, densities = [], []
-    for step in tqdm(checkpoints, desc="Lanczos + SLQ", disable=not show):
-        model = main.model_at(step)
-        extremes.append(lanczos_store.cached(f"lanczos_{step:07d}", lambda: extreme_eigenvalues(
-            model, batch, k=k, tol=c.lanczos_tol, block_size=c.lanczos_block, seed=c.seed)))
-        densities.append(slq_store.cached(f"slq_{step:07d}", lambda: slq_density(
-            model, batch, n_probes=c.slq_probes, n_steps=c.slq_steps, seed=c.seed)))
     dense_picked = {key: picks[key] for key in c.dense_picks}
     dense_steps = sorted(set(dense_picked.values()))
-    dense = {}
-    for step in tqdm(dense_steps, desc="dense spectra", disable=not show):
-        model = main.model_at(step)
-        dense[step] = dense_store.cached(f"dense_{step:07d}", lambda: dense_spectrum(model, batch,
-                                                                                    n_vectors=c.n_vectors))
+    spike = spike_to_resolve(reference, c)
+    second = [dict(config=c, kind="dense", step=s) for s in dense_steps]
+    second += [dict(config=c, kind="fullset", step=s) for s in dense_steps]
+    if spike is not None:
+        second.append(dict(config=c, kind="spike", start=spike.start))
+    workers += [r.worker for r in run_tasks(task, second, scheduler=c.scheduler, desc="reference run",
+                                            progress=show)]
+    tasks_seconds = time.perf_counter() - tasks_started
+    dense = {s: _dense(c, main, s) for s in dense_steps}
+    fullset = {pick: (step, _fullset(c, main, step)) for pick, step in dense_picked.items()}
+    spike_records = _spike(c, main, spike.start) if spike is not None else []
 
-    steps = np.array(checkpoints)
-    ext = np.array([e.eigenvalues for e in extremes])  # [T, 2k]: k smallest, then k largest, ascending
+    main_label = recipe_label(c.d_model, c.n_heads, c.d_mlp, c.weight_decay)
+    labels = [recipe_label(*entry) for entry in c.recipe_configs] + [main_label + " (reference run)"]
+    recipe_curves = [RecipeCurves.of(label, r) for label, r in zip(labels, recipe_runs + [main])]
+
+    checkpoints = list(reference.checkpoints)
+    steps, ext = reference.checkpoints, reference.extremes
     tops = ext[:, k:]
-    slq = pd.DataFrame([slq_stats(d.nodes, d.weights, d.dimension) for d in densities],
-                       index=pd.Index(checkpoints, name="step"))
     full = {s: dense[s].eigenvalues for s in dense_steps}
     full_stats = {s: spectrum_stats(full[s]) for s in dense_steps}
-    # Lanczos against the full spectrum where both exist: largest |difference| at both ends, relative to ||H||
     lanczos_error = max(float(np.abs(ext[checkpoints.index(s)] - np.concatenate([full[s][:k], full[s][-k:]])).max()
                               / np.abs(full[s]).max()) for s in dense_steps)
+    slq = reference.slq
     slq_error = {key: max(abs(slq.loc[s, key] - full_stats[s][key]) / abs(full_stats[s][key])
                           for s in dense_steps) for key in ("trace", "spectral_entropy")}
-
     memorised_checkpoint, phases = plateau_phases(checkpoints, recipe_curves[-1].memorised, win, picks)
-    subsample_loss = np.array([e.loss for e in extremes])
-    shape = {"entropy": slq["spectral_entropy"].to_numpy(), "spread": tops[:, -1] / tops[:, 0],
-             "n_quarter": np.sum(tops >= tops[:, -1:] / 4, axis=1).astype(float), "negratio": -ext[:, 0] / ext[:, -1],
-             "negfrac": slq["negative_mass_fraction"].to_numpy(), "lmax_loss": ext[:, -1] / subsample_loss}
+    subsample_loss = reference.subsample_loss
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shape = {"entropy": slq["spectral_entropy"].to_numpy(), "spread": tops[:, -1] / tops[:, 0],
+                 "n_quarter": np.sum(tops >= tops[:, -1:] / 4, axis=1).astype(float),
+                 "negratio": -ext[:, 0] / ext[:, -1], "negfrac": slq["negative_mass_fraction"].to_numpy(),
+                 "lmax_loss": ext[:, -1] / subsample_loss}
     by_phase = {name: phase_statistics(steps, values, phases) for name, values in shape.items()}
     titles = _shape_titles(k)
-    first = next(iter(by_phase))
+    first_q = next(iter(by_phase))
     phase_table = pd.DataFrame(
-        {(f"{label} (steps {a}–{b}, {by_phase[first][label]['n']} checkpoints)", stat): {
+        {(f"{label} (steps {a}–{b}, {by_phase[first_q][label]['n']} checkpoints)", stat): {
             titles[name]: by_phase[name][label][stat] for name in shape}
          for label, (a, b) in phases.items() for stat in ("median", "min", "max")})
     phase_table.index.name = "quantity"
-    test_at = dict(zip(main.curve("step").tolist(), main.curve("test_acc")))
+    test_at = dict(zip(reference.curves["step"].tolist(), reference.curves["test_acc"]))
     keys = ("lambda_max", "lambda_min", "trace", "spectral_entropy", "effective_rank", "n_negative_tol",
             "n_near_zero", "negative_mass_fraction")
     full_table = pd.DataFrame([{"full spectrum at": key, "step": step, "test acc. (%)": 100 * test_at[step],
                                 **{name: full_stats[step][name] for name in keys}}
                                for key, step in dense_picked.items()]).set_index("full spectrum at")
 
-    curves = pd.DataFrame({name: main.curve(name) for name in ("step", "train_loss", "train_acc", "test_loss",
-                                                                 "test_acc")})
+    # phase comparisons: the grokking runs in their own phases, and at the matched (median) boundaries with the
+    # control
+    grok = [r for r in runs if r.spec.role == "grok" and r.groks and r.boundaries is not None]
+    matched_steps = matched_boundaries([r.boundaries for r in grok])
+    control_run = runs[-1]
+    diffs, matched, control = {}, {}, {}
+    for q, (_, log) in QUANTITIES.items():
+        values = [r.quantities()[q] for r in grok]
+        steps_of = [r.checkpoints for r in grok]
+        diffs[q] = compare_phases(values, steps_of, [r.boundaries for r in grok], log=log, n_boot=c.n_boot)
+        matched[q] = compare_phases(values, steps_of, [matched_steps] * len(grok), log=log, n_boot=c.n_boot)
+        control[q] = compare_phases([control_run.quantities()[q]], [control_run.checkpoints], [matched_steps],
+                                    log=log, n_boot=c.n_boot)
+    train_x, train_y = modular_addition_split(c.p, c.train_fraction, c.split_seed)["train"]
+    plain = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(c.seed + 1))[:c.hessian_samples]
+
     timings = dict(
         recipe=sum(float(r.log[-1]["train_seconds"]) for r in recipe_runs),
-        train=float(main.log[-1]["train_seconds"]),
-        lanczos=sum(e.seconds for e in extremes),
-        slq=sum(d.seconds for d in densities),
+        **{key: sum(r.seconds[key] for r in runs) for key in ("train", "refine", "lanczos", "slq", "progress")},
         dense_hessian=sum(dense[s].seconds_hessian for s in dense_steps),
         dense_eig=sum(dense[s].seconds_eig for s in dense_steps),
+        fullset=sum(rec["seconds"] for _, rec in fullset.values()),
+        spike=sum(r["seconds"] for r in spike_records),
     )
+    timings["tasks"] = tasks_seconds
     timings["this_run"] = time.perf_counter() - started
     return Result(config=c, main_label=main_label,
                   n_params=n_parameters(ModAddTransformer(c.p, c.d_model, c.n_heads, c.d_mlp, c.seed)),
                   recipes=_recipe_table(recipe_curves, recipe_runs + [main]), recipe_curves=recipe_curves,
-                  curves=curves, checkpoints=steps, window=win, picks=picks, dense_picked=dense_picked,
+                  runs=runs, checkpoints=steps, window=win, picks=picks, dense_picked=dense_picked,
                   memorised_checkpoint=memorised_checkpoint, phases=phases, extremes=ext,
-                  subsample_loss=subsample_loss, lanczos_hvps=np.array([e.hvps for e in extremes]),
-                  densities=densities, slq=slq, full=full, full_stats=full_stats, shape=shape, by_phase=by_phase,
-                  phase_table=phase_table, full_table=full_table, lanczos_error=lanczos_error, slq_error=slq_error,
-                  lanczos_dir=str(lanczos_store.directory), timings=timings)
+                  subsample_loss=subsample_loss, lanczos_hvps=reference.lanczos_hvps,
+                  densities=reference.densities, slq=slq, full=full, full_stats=full_stats, shape=shape,
+                  by_phase=by_phase, phase_table=phase_table, full_table=full_table, lanczos_error=lanczos_error,
+                  slq_error=slq_error, lanczos_dir=str(analysis_stores(c, main)["lanczos"].directory),
+                  replication=_replication_table(runs), diffs=diffs, matched=matched, control=control,
+                  matched_steps=matched_steps, verdicts=_verdict_table(diffs, control, len(grok)),
+                  coverage=reference.coverage, coverage_plain=coverage(train_x[plain], train_y[plain], c.p),
+                  fullset_table=_fullset_table(c, reference, fullset), spike=spike, spike_records=spike_records,
+                  workers=workers, timings=timings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -769,4 +1489,85 @@ def plot_phases(result: Result):
         _shade(ax, result)
         for label, (a, b) in result.phases.items():
             ax.hlines(stats[label]["median"], max(a, 1), max(b, 1), color="k", lw=2)
+    return fig
+
+
+def plot_replication(result: Result):
+    """Train and test accuracy of every run of the recipe and of the control (dashed), on one log step axis."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
+    for i, r in enumerate(result.runs):
+        control = r.spec.role == "control"
+        style = dict(color="k" if control else f"C{i}", ls="--" if control else "-", lw=1.2)
+        steps = np.maximum(r.curves["step"].to_numpy(), 1)
+        for ax, name in zip(axes, ("train_acc", "test_acc")):
+            ax.plot(steps, 100 * r.curves[name].to_numpy(), label=r.label + ("" if r.groks else " (no grok)"),
+                    **style)
+    for ax, title in zip(axes, ("train accuracy (%)", "test accuracy (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_progress_measures(result: Result):
+    """Nanda et al.'s progress measures at every checkpoint of every run (control dashed): restricted and
+    excluded loss, train loss, and the Ginis of W_E and W_U; each run's transition marked by dots."""
+    import matplotlib.pyplot as plt
+
+    names = {"train_loss": "train loss", "restricted_loss": "restricted loss (train)",
+             "excluded_loss": "excluded loss (train)", "gini_embedding": "Gini of W_E (Fourier)",
+             "gini_unembedding": "Gini of W_U (Fourier)"}
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4))
+    for i, r in enumerate(result.runs):
+        control = r.spec.role == "control"
+        steps = np.maximum(r.progress.index.to_numpy(), 1)
+        for ax, name in zip(axes, names):
+            values = r.progress[name].to_numpy()
+            ax.plot(steps, values, color="k" if control else f"C{i}", ls="--" if control else "-", lw=1)
+            if r.boundaries is not None:
+                for b in ("start", "end"):
+                    ax.plot(max(r.boundaries[b], 1), np.interp(r.boundaries[b], steps, values), "o",
+                            color=f"C{i}", ms=3)
+    for ax, (name, title) in zip(axes, names.items()):
+        ax.set_xscale("log")
+        if "loss" in name:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_spike(result: Result):
+    """The resolved loss spike: training loss, λ_max and Adam's preconditioned λ_max against its stability
+    threshold, at every dense checkpoint (an empty note if no spike was resolved)."""
+    import matplotlib.pyplot as plt
+
+    if not result.spike_records:
+        fig, ax = plt.subplots(figsize=(6, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no loss spike resolved", ha="center", va="center")
+        return fig
+    rec = pd.DataFrame(result.spike_records)
+    c = result.config
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharex=True)
+    axes[0].semilogy(rec["step"], rec["train_loss"], marker="o", ms=3)
+    axes[0].set_title("training loss")
+    axes[1].semilogy(rec["step"], rec["lambda_max"], marker="o", ms=3, color="C1")
+    axes[1].set_title("λ_max (full training set)")
+    axes[2].semilogy(rec["step"], rec["preconditioned_lambda_max"], marker="o", ms=3, color="C2",
+                     label="λ_max(P⁻¹H)")
+    axes[2].axhline(adam_stability_threshold(c.lr, c.betas[0]), color="k", ls="--", lw=1,
+                    label="(2 + 2β₁) / ((1 − β₁) lr)")
+    axes[2].set_title("Adam-preconditioned sharpness")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig

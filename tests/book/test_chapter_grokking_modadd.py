@@ -20,26 +20,13 @@ from hessian_book.store import ResultStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The glue names of the chapter's prose (as glued by the notebook before the port), for n recipe candidates.
-_GLUE_NAMES = {
-    "memorised", "generalised", "ratio", "window_start", "window_end", "pick_before", "pick_before_test",
-    "pick_during", "pick_during_test", "pick_after", "pick_after_test", "final_test_acc", "final_train_acc",
-    "n_steps", "recipe_steps", "n_params", "n_checkpoints", "main_label", "grokked", "transition_low",
-    "transition_high", "n_recipes", "n_recipes_grokking", "pick_final", "dense_list", "lanczos_error",
-    "slq_trace_error", "slq_entropy_error", "hessian_samples", "lanczos_k", "lanczos_tol", "slq_probes",
-    "slq_steps", "gaps_inside_top", "n_plateau", "n_transition", "n_after", "loss_plateau", "loss_transition",
-    "loss_after", "corr_lmax_loss", "loss_span", "memorised_ckpt", "full_small_list", "seconds_recipe",
-    "seconds_train", "seconds_lanczos", "seconds_slq", "seconds_dense_hessian", "seconds_dense_eig",
-    "minutes_total", "lanczos_hvps", "seconds_this_run", "threads",
-} | {f"{q}_{phase}" for q in ("entropy", "spread", "n_quarter", "negratio", "negfrac", "lmax_loss")
-     for phase in ("plateau", "transition", "after")} | {
-    f"full_{pick}_{q}" for pick in ("before", "during", "after")
-    for q in ("effrank", "entropy", "small", "top10", "l4")}
+def _notebook_glue_names() -> set[str]:
+    """Every name the notebook's prose glues."""
+    import re
 
-
-def glue_names(n_recipes: int) -> set[str]:
-    return _GLUE_NAMES | {f"recipe{i}_{q}" for i in range(n_recipes + 1)
-                          for q in ("train", "test", "memorised", "generalised", "ratio", "test2x")}
+    notebook = jupytext.read(ROOT / "notebooks" / "grokking_modadd.md")
+    return {name for c in notebook.cells if c.cell_type == "markdown"
+            for name in re.findall(r"\{glue:text\}`([A-Za-z0-9_]+)", c.source)}
 
 
 def _notebook_parameters() -> dict:
@@ -65,8 +52,11 @@ def test_defaults_equal_the_notebook_parameters_cell():
     ("p", 100), ("p", 1), ("p", 23.0), ("train_fraction", 1.5), ("train_fraction", 0), ("split_seed", -1),
     ("seed", 1.5), ("lr", 0), ("lr", float("inf")), ("betas", [0.9]), ("betas", [0.9, 1.0]), ("betas", 0.9),
     ("n_steps", 0), ("log_every", 0), ("d_model", 0), ("n_heads", 0), ("d_mlp", 0), ("d_mlp", 12.5),
-    ("weight_decay", -1.0), ("weight_decay", float("nan")), ("dense_every", 0), ("dense_until", -5),
-    ("sparse_every", True), ("recipe_configs", [[32, 1, 128]]), ("recipe_configs", [[32, 3, 128, 0.1]]),
+    ("weight_decay", -1.0), ("weight_decay", float("nan")), ("sparse_every", True), ("sparse_every", 0),
+    ("seeds", []), ("seeds", [1, 2]), ("seeds", [0, 0]), ("split_seeds", [0]), ("split_seeds", [1, 1]),
+    ("split_seeds", "1"), ("control_weight_decay", 0.5), ("control_weight_decay", -1.0), ("n_log_checkpoints", 1),
+    ("refine_every", 0), ("spike_every", 0), ("spike_every", 1000), ("spike_span", 0), ("spike_tol", 0.0),
+    ("n_boot", 0), ("scheduler", "localhost"), ("scheduler", 3), ("hessian_samples", 50), ("recipe_configs", [[32, 1, 128]]), ("recipe_configs", [[32, 3, 128, 0.1]]),
     ("recipe_configs", [[32, 1, 0, 0.1]]), ("recipe_configs", [[32, 1, 128, -0.5]]), ("recipe_configs", "wide"),
     ("recipe_steps", 0), ("hessian_samples", 0), ("hessian_samples", 4000), ("lanczos_k", 1),
     ("lanczos_k", 10 ** 6), ("lanczos_tol", 0.0), ("lanczos_block", 0), ("slq_probes", 0), ("slq_steps", -3),
@@ -97,6 +87,7 @@ def test_presets_build_and_explicit_values_win():
     assert grokking_modadd.Config.from_parameters({"preset": "full"}) == grokking_modadd.Config()
     smoke = grokking_modadd.Config.from_parameters({"preset": "smoke"})
     assert (smoke.p, smoke.d_model, smoke.n_steps, smoke.lanczos_k) == (23, 8, 300, 3)
+    assert smoke.scheduler == "serial" and len(smoke.runs()) == 4  # 2 initialisations, 1 more split, the control
     assert smoke.results_dir and Path(smoke.results_dir).is_dir()  # a fresh temporary directory
     overridden = grokking_modadd.Config.from_parameters({"preset": "smoke", "p": 29, "n_steps": 200,
                                                          "results_dir": "elsewhere"})
@@ -146,48 +137,140 @@ def _fake_run(steps, test_acc):
     return SimpleNamespace(curve=lambda name: log[name])
 
 
-def test_transition_picks_hand_computed():
-    config = grokking_modadd.Config(n_steps=3000, dense_every=500, dense_until=2000, sparse_every=1000,
+def test_checkpoint_steps_hand_computed():
+    config = grokking_modadd.Config(n_steps=1000, log_every=100, n_log_checkpoints=4, sparse_every=500,
                                     results_dir="x")
-    assert grokking_modadd.checkpoint_steps(config) == [0, 10, 50, 100, 200, 500, 1000, 1500, 2000, 3000]
+    # geomspace(10, 1000, 4) = 10, 46.4, 215.4, 1000: above log_every rounded to its multiples
+    assert grokking_modadd.checkpoint_steps(config) == [0, 10, 46, 200, 500, 1000]
+
+
+_SCHEDULE = dict(n_steps=3000, log_every=100, n_log_checkpoints=4, sparse_every=1000, results_dir="x")
+
+
+def test_transition_picks_hand_computed():
+    config = grokking_modadd.Config(**_SCHEDULE)
+    assert grokking_modadd.checkpoint_steps(config) == [0, 10, 67, 400, 1000, 2000, 3000]  # 10, 67, 448, 3000
     steps = np.arange(0, 3001, 100)
     # test accuracy first reaches 0.5 at step 1200 and 0.95 at step 1800
     test = np.interp(steps, [0, 1100, 1200, 1800, 3000], [0.01, 0.4, 0.5, 0.95, 1.0])
     fake = _fake_run(steps, test)
     assert grokking_modadd.window(fake, config) == {"start": 1200, "end": 1800}
-    assert grokking_modadd.transition_picks(fake, config) == {"before": 1000, "during": 1500, "after": 2000,
-                                                              "final": 3000}
-    # the levels come from the configuration
-    later = grokking_modadd.Config(n_steps=3000, dense_every=500, dense_until=2000, sparse_every=1000,
-                                   transition_low=0.85, results_dir="x")
+    assert grokking_modadd.transition_picks(fake, config) == {"before": 1000, "during": 2000, "after": 2000,
+                                                              "final": 3000}  # 2000 is nearer sqrt(1200 * 1800)
+    later = grokking_modadd.Config(**_SCHEDULE, transition_low=0.85)
     assert grokking_modadd.window(fake, later)["start"] == 1700  # 0.875 at 1700, 0.8 at 1600
 
 
 def test_transition_picks_without_a_transition():
-    config = grokking_modadd.Config(n_steps=3000, dense_every=500, dense_until=2000, sparse_every=1000,
-                                    results_dir="x")
+    config = grokking_modadd.Config(**_SCHEDULE)
     fake = _fake_run(np.arange(0, 3001, 100), np.full(31, 0.05))
-    assert grokking_modadd.transition_picks(fake, config) == {"before": 0, "during": 500, "after": 3000,
+    assert grokking_modadd.transition_picks(fake, config) == {"before": 0, "during": 400, "after": 3000,
                                                               "final": 3000}
 
 
-def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
-    fake = SimpleNamespace(store=ResultStore(tmp_path, "grokking_modadd", dict(p=113, seed=0)))
-    config = grokking_modadd.Config(results_dir=str(tmp_path))
-    stores = grokking_modadd.analysis_stores(config, fake)
-    base = dict(run=fake.store.key, hessian_samples=200)
-    assert stores["lanczos"].params == dict(base, k=20, tol=1e-6, block=8)
-    assert stores["slq"].params == dict(base, probes=6, steps=50)
-    assert stores["dense"].params == dict(base, n_vectors=50)
-    other = grokking_modadd.analysis_stores(grokking_modadd.Config(results_dir=str(tmp_path), slq_steps=20), fake)
-    assert other["slq"].key != stores["slq"].key
-    assert other["lanczos"].key == stores["lanczos"].key and other["dense"].key == stores["dense"].key
+def test_refinement_steps_hand_computed():
+    checkpoints = [0, 10, 46, 200, 500, 1000]
+    resume, steps = grokking_modadd.refinement_steps(checkpoints, {"start": 300, "end": 700}, 100)
+    assert resume == 200 and steps == [200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    resume, steps = grokking_modadd.refinement_steps(checkpoints, {"start": 220, "end": 480}, 150)
+    assert resume == 200 and steps == [200, 300, 450, 500]
+    assert grokking_modadd.refinement_steps(checkpoints, {"start": 300, "end": None}, 100) is None
+
+
+def test_run_specs_reference_first_control_last():
+    config = grokking_modadd.Config(seeds=[2, 0, 1], split_seeds=[3], results_dir="x")
+    specs = config.runs()
+    assert [(s.role, s.seed, s.split_seed) for s in specs] == [
+        ("grok", 0, 0), ("grok", 2, 0), ("grok", 1, 0), ("grok", 0, 3), ("control", 0, 0)]
+    assert specs[-1].weight_decay == 0.0 and specs[0].weight_decay == 0.5
+    assert specs[0].label == "init 0 · split 0" and specs[-1].label.startswith("control (wd 0)")
+
+
+def test_phases_per_run_hand_computed():
+    boundaries = grokking_modadd.run_boundaries(150, {"start": 400, "end": 700}, 1000)
+    assert boundaries == {"memorised": 150, "start": 400, "end": 700, "stop": 1000}
+    masks = grokking_modadd.phase_masks([0, 100, 150, 300, 400, 500, 700, 800, 1000], boundaries)
+    assert masks["plateau"].tolist() == [False, False, True, True, False, False, False, False, False]
+    assert masks["transition"].tolist() == [False, False, False, False, True, True, True, False, False]
+    assert masks["after"].tolist() == [False] * 7 + [True, True]
+    assert grokking_modadd.run_boundaries(None, {"start": 400, "end": 700}, 1000) is None
+    assert grokking_modadd.run_boundaries(150, {"start": 400, "end": None}, 1000) is None
+    assert not any(m.any() for m in grokking_modadd.phase_masks([0, 500], None).values())
+
+
+def test_control_compared_at_matched_steps_hand_made():
+    # two grokking runs with their own boundaries, and a control compared at their median boundaries
+    b1 = {"memorised": 100, "start": 400, "end": 600, "stop": 1000}
+    b2 = {"memorised": 300, "start": 600, "end": 800, "stop": 1000}
+    matched = grokking_modadd.matched_boundaries([b1, None, b2])
+    assert matched == {"memorised": 200, "start": 500, "end": 700, "stop": 1000}
+    assert grokking_modadd.matched_boundaries([None]) is None
+    steps = np.arange(0, 1001, 50)
+    # a quantity that is 1 before step 500 and 3 from step 500 on (in every run)
+    jump = np.where(steps < 500, 1.0, 3.0)
+    own = grokking_modadd.compare_phases([jump, jump], [steps, steps], [b1, b2], log=False, n_boot=200)
+    # run 1: plateau (100..350) = 1, transition (400..600) median 3 -> +2; run 2: plateau (300..550) median 1,
+    # transition (600..800) = 3 -> +2
+    assert own[("plateau", "transition")].estimate == pytest.approx(2.0)
+    assert own[("transition", "after")].estimate == pytest.approx(0.0)
+    control = grokking_modadd.compare_phases([jump], [steps], [matched], log=False, n_boot=200)
+    # matched plateau 200..450 = 1, transition 500..700 = 3, after 750..1000 = 3
+    assert control[("plateau", "transition")].estimate == pytest.approx(2.0)
+    assert control[("plateau", "after")].estimate == pytest.approx(2.0)
+    assert np.isnan(control[("plateau", "transition")].low)  # one run: no interval
+    # log comparison: a factor 3 is log10(3); non-positive values count as missing
+    logged = grokking_modadd.compare_phases([np.where(steps == 0, 0.0, jump)] * 2, [steps, steps], [b1, b2],
+                                            log=True, n_boot=200)
+    assert logged[("plateau", "transition")].estimate == pytest.approx(np.log10(3))
+
+
+def test_verdict_sentence_reads_the_interval():
+    from hessian_book.stats import PhaseDifference
+
+    up = PhaseDifference(estimate=0.3, low=0.1, high=0.5, n_seeds=5, n_boot=100, statistic="median", log=True)
+    flat = PhaseDifference(estimate=0.1, low=-0.2, high=0.4, n_seeds=5, n_boot=100, statistic="median", log=True)
+    down = PhaseDifference(estimate=-0.3, low=-0.5, high=-0.1, n_seeds=5, n_boot=100, statistic="median", log=True)
+    text = grokking_modadd.verdict_sentence("λ_max", {("plateau", "transition"): up, ("transition", "after"): down,
+                                                      ("plateau", "after"): flat}, log=True)
+    assert text.startswith("λ_max rises from the plateau to the transition (×2, 95 % interval ×1.26 to ×3.16 "
+                           "over 5 runs); falls from the transition to after it")
+    assert "falls from the transition to after it" in text
+    assert "and shows no clear change from the plateau to after it" in text
+
+
+def _tiny_run(root, **extra):
+    from hessian_book.runs import train_modadd
+
+    return train_modadd(str(root), "grokking_modadd", p=23, train_fraction=0.3, split_seed=0, seed=0, d_model=8,
+                        n_heads=1, d_mlp=16, lr=3e-3, weight_decay=1.0, betas=[0.9, 0.98], n_steps=60, log_every=10,
+                        checkpoint_steps=[0, 20, 60], progress=False, **extra)
+
+
+def test_refined_checkpoints_equal_the_original_run(tmp_path, monkeypatch):
+    import torch
+
+    from hessian_book.training import checkpoint_name
+
+    run = _tiny_run(tmp_path)
+    config = grokking_modadd.Config.from_parameters(dict(preset="smoke", results_dir=str(tmp_path), n_steps=60,
+                                                         refine_every=10))
+    monkeypatch.setattr(grokking_modadd, "window", lambda r, c: {"start": 30, "end": 45})
+    store, steps, log = grokking_modadd.refine_run(config, run, progress=False)
+    assert steps == [20, 30, 40, 50, 60]
+    assert store.params["run"] == run.store.key and store.params["resume"] == 20 and store.params["stop"] == 60
+    original, refined = run.store.load(checkpoint_name(60)), store.load(checkpoint_name(60))
+    for name, tensor in original["model"].items():
+        assert torch.equal(tensor, refined["model"][name]), name
+    assert [r["step"] for r in log] == [s for s in range(0, 61, 10)]  # the parent's log up to 20, then every 10
+    by_step = {r["step"]: r for r in run.log}
+    for record in log:
+        assert record["train_loss"] == pytest.approx(by_step[record["step"]]["train_loss"], rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- result, figures
 
-TINY = dict(preset="smoke", n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]], dense_every=500,
-            dense_until=1000, sparse_every=1000)
+TINY = dict(preset="smoke", n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]], n_log_checkpoints=4,
+            sparse_every=1000, seeds=[0], split_seeds=[1], dense_picks=["before", "after"], n_boot=100)
 
 
 @pytest.fixture(scope="module")
@@ -197,33 +280,45 @@ def tiny(tmp_path_factory):
     return config, grokking_modadd.run(config, progress=False)
 
 
-def test_run_glues_every_name(tiny):
+def test_run_glues_every_name_of_the_prose(tiny):
     config, result = tiny
     glued = result.glued()
-    assert set(glued) == glue_names(1)
-    assert glued["n_checkpoints"] == 4 and list(result.checkpoints) == [0, 10, 50, 60]
+    # the prose names recipes 0-5 and three picks (the smoke preset has them); this tiny run has 2 and 2
+    import re
+
+    absent = {n for n in _notebook_glue_names() if (re.match(r"recipe(\d+)_", n) and int(
+        re.match(r"recipe(\d+)_", n).group(1)) >= 2) or n.startswith("full_during_")}
+    assert _notebook_glue_names() - absent - set(glued) == set()
+    assert list(result.checkpoints) == [0, 10, 20, 30, 60] and glued["n_checkpoints"] == 5
     assert glued["n_recipes"] == 2 and glued["main_label"] == "d8 h1 MLP 16, wd 1"
-    assert glued["grokked"] == "does not grok"
-    assert glued["pick_final"] == 60 and set(result.picks) == {"before", "during", "after", "final"}
-    assert result.dense_steps == sorted(set(result.picks[k] for k in config.dense_picks))
+    assert glued["grokked"] == "does not grok" and glued["k_of_n"] == "0 of 2"
+    assert glued["verdict_note"].startswith("No run of the recipe groks")
+    assert all("nan" not in glued[f"verdict_{q}"] for q in grokking_modadd.QUANTITIES)
+    assert glued["control_groks"] == "does not grok" and glued["n_workers"] == 1
+    assert glued["cov_tokens"] == glued["cov_classes"] == 23  # the stratified subsample covers the task
     assert glued["lanczos_error"] < 1e-6 and result.dense_sorted_finite
-    assert result.extremes.shape == (4, 6) and result.subsample_loss.shape == (4,)
-    assert set(result.timings) == {"recipe", "train", "lanczos", "slq", "dense_hessian", "dense_eig", "this_run"}
+    assert result.extremes.shape == (5, 6) and result.subsample_loss.shape == (5,)
+    assert len(result.runs) == 3 and result.runs[-1].spec.role == "control"
+    for r in result.runs:
+        assert list(r.progress.index) == list(r.checkpoints)
+        assert {"restricted_loss", "excluded_loss", "gini_embedding", "gini_unembedding"} <= set(r.progress)
 
 
 def test_tables_are_dataframes(tiny):
     config, result = tiny
     table = result.recipes
     assert isinstance(table, pd.DataFrame)
-    assert list(table.index) == ["d8 h1 attention only, wd 1", "d8 h1 MLP 16, wd 1 (chosen)"]
-    assert table["steps"].tolist() == [20, 60] and table["parameters"].tolist() == [656, 936]
-    assert table["groks"].tolist() == ["no", "no"]
+    assert list(table.index) == ["d8 h1 attention only, wd 1", "d8 h1 MLP 16, wd 1 (reference run)"]
+    assert table["steps"].tolist() == [20, 60]
     assert table["final test acc. (%)"].iloc[-1] == pytest.approx(100 * result.main.test_acc[-1])
     assert isinstance(result.phase_table, pd.DataFrame) and result.phase_table.shape == (6, 9)
-    medians = result.phase_table.xs("median", axis=1, level=1)
-    assert medians.iloc[0].tolist() == [result.by_phase["entropy"][p]["median"] for p in result.phases]
     assert list(result.full_table.index) == list(config.dense_picks)
-    assert result.full_table["lambda_max"].tolist() == [result.full[s][-1] for s in result.dense_picked.values()]
+    assert list(result.replication.index) == [r.label for r in result.runs]
+    assert result.replication["groks"].tolist() == ["no", "no", "no"]
+    assert len(result.verdicts) == len(grokking_modadd.QUANTITIES) * 3
+    assert set(result.verdicts["direction"]) == {"no verdict"}
+    assert list(result.fullset_table.index) == list(config.dense_picks)
+    assert (result.fullset_table["HVPs (full set)"] > 0).all()
 
 
 def test_rerun_reads_the_stores(tiny, monkeypatch):
@@ -232,7 +327,8 @@ def test_rerun_reads_the_stores(tiny, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("recomputed a stored result")
 
-    for name in ("extreme_eigenvalues", "slq_density", "dense_spectrum"):
+    for name in ("extreme_eigenvalues", "slq_density", "dense_spectrum", "progress_measures", "train_full_batch_adamw",
+                 "lanczos"):
         monkeypatch.setattr(grokking_modadd, name, no_work)
     again = grokking_modadd.run(config, progress=False)
     assert np.array_equal(again.extremes, result.extremes)
@@ -245,9 +341,58 @@ def test_figures_draw(tiny):
     for plot in (grokking_modadd.plot_recipes, grokking_modadd.plot_main_run, grokking_modadd.plot_summary,
                  grokking_modadd.plot_spectrum_evolution, grokking_modadd.plot_density,
                  grokking_modadd.plot_dendrograms, grokking_modadd.plot_cluster_counts,
-                 grokking_modadd.plot_gap_barcode, grokking_modadd.plot_phases):
+                 grokking_modadd.plot_gap_barcode, grokking_modadd.plot_phases, grokking_modadd.plot_replication,
+                 grokking_modadd.plot_progress_measures, grokking_modadd.plot_spike):
         assert isinstance(plot(result), plt.Figure), plot.__name__
         plt.close("all")
     assert isinstance(grokking_modadd.plot_cluster_counts(result, relative=True), plt.Figure)
     plt.close("all")
     assert Path(grokking_modadd.dendrogram_gif(result)).is_file()
+
+
+def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
+    fake = SimpleNamespace(store=ResultStore(tmp_path, "grokking_modadd", dict(p=113, seed=0)))
+    config = grokking_modadd.Config(results_dir=str(tmp_path))
+    stores = grokking_modadd.analysis_stores(config, fake)
+    base = dict(run=fake.store.key, hessian_samples=200, subsample="stratified")
+    assert stores["lanczos"].params == dict(base, k=6, tol=1e-6, block=4)
+    assert stores["slq"].params == dict(base, probes=3, steps=30)
+    assert stores["dense"].params == dict(base, n_vectors=50)
+    other = grokking_modadd.analysis_stores(grokking_modadd.Config(results_dir=str(tmp_path), slq_steps=20), fake)
+    assert other["slq"].key != stores["slq"].key
+    assert other["lanczos"].key == stores["lanczos"].key and other["dense"].key == stores["dense"].key
+
+
+# ---------------------------------------------------------------------------------------------- fan-out on Dask
+
+DASK = dict(preset="smoke", n_steps=40, n_log_checkpoints=3, sparse_every=1000, seeds=[0], split_seeds=[],
+            hessian_samples=23)
+
+
+def test_runs_fan_out_to_a_dask_cluster_with_the_serial_results(tmp_path):
+    import os
+
+    distributed = pytest.importorskip("distributed")
+    from hessian_book.fanout import run_tasks
+
+    configs = {where: grokking_modadd.Config.from_parameters(dict(DASK, results_dir=str(tmp_path / where)))
+               for where in ("serial", "dask")}
+    specs = configs["serial"].runs()
+    tasks = {where: [dict(config=c, kind="run", spec=vars(s).copy()) for s in specs] for where, c in configs.items()}
+    serial = run_tasks(grokking_modadd.task, tasks["serial"], scheduler="serial")
+    assert {r.pid for r in serial} == {os.getpid()}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        worker_pids = set(client.run(os.getpid).values())
+        results = run_tasks(grokking_modadd.task, tasks["dask"], scheduler=cluster.scheduler_address)
+    ran_in = {r.pid for r in results}
+    assert ran_in <= worker_pids and os.getpid() not in ran_in
+    assert [r.value for r in results] == [r.value for r in serial]
+    for spec in specs:  # the stored analyses agree, number for number
+        a = grokking_modadd.analyse_run(configs["serial"], spec, progress=False)
+        b = grokking_modadd.analyse_run(configs["dask"], spec, progress=False)
+        assert np.allclose(a.extremes, b.extremes, rtol=1e-10, atol=0)
+        pd.testing.assert_frame_equal(a.curves.drop(columns=[]), b.curves, rtol=1e-12)
+        pd.testing.assert_frame_equal(a.progress.drop(columns="seconds"), b.progress.drop(columns="seconds"),
+                                      rtol=1e-10)
