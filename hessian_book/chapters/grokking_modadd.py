@@ -35,7 +35,7 @@ from ..curves import grokking_delay, groks, phase_statistics, transition_checkpo
 from ..data import modular_addition_split
 from ..fanout import run_tasks
 from ..fourier import key_frequencies
-from ..measure import QuadratureDensity, dense_spectrum, extreme_eigenvalues, slq_density, slq_stats
+from ..measure import dense_spectrum, extreme_eigenvalues, slq_density, slq_stats
 from ..models import ModAddTransformer, n_parameters
 from ..progress import show_progress
 from ..runs import ModAddRun, train_modadd
