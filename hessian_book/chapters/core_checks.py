@@ -186,7 +186,9 @@ class Result:
                     row_error=self.row_error, n_check_rows=c.n_check_rows, seconds_eig=self.timings["eig"],
                     dense_error=self.dense_error, lanczos_error=self.lanczos_error, lanczos_k=c.lanczos_k,
                     lambda_max=self.stats["lambda_max"], lambda_min=self.stats["lambda_min"],
-                    n_negative=self.stats["n_negative"], largest_gap=self.gaps[0, 0],
+                    n_negative=self.stats["n_negative"], n_negative_tol=self.stats["n_negative_tol"],
+                    n_near_zero=self.stats["n_near_zero"], zero_tol=self.stats["zero_tol"],
+                    largest_gap=self.gaps[0, 0],
                     largest_gap_upper=self.gaps[0, 2])
 
 

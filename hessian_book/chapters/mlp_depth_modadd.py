@@ -21,7 +21,8 @@ import pandas as pd
 
 from .. import config as checks
 from ..config import ChapterConfig
-from ..curves import stack_logs, value_at_step
+from ..curves import grokking_delay, groks, stack_logs, value_at_step
+from ..glue import direction_word
 from ..fanout import run_tasks
 from ..progress import show_progress
 from ..runs import modadd_mlp_run
@@ -30,7 +31,9 @@ from ..store import ResultStore
 
 __all__ = ["Config", "Result", "run", "train_one", "spread_text", "steps_text", "depth_list", "range_text",
            "per_run_summary", "depth_table", "plot_test_accuracy", "plot_training_curves", "plot_sharpness",
-           "plot_grokking_and_preconditioned", "plot_top_spectrum", "plot_norms", "plot_seed_fraction"]
+           "plot_grokking_and_preconditioned", "plot_top_spectrum", "plot_norms", "plot_seed_fraction", "depth_outcome",
+           "certified_interval", "certified_word", "round_up_1sig", "resolved_text", "increase_word",
+           "ratio_summary"]
 
 GOAL_MINUTES = 30  # the project's speed goal for this page at its defaults
 AT_EOS = 0.8  # a depth "trains at Adam's edge of stability" when its late preconditioned sharpness is >= 0.8 × 38/lr
@@ -212,9 +215,96 @@ def per_run_summary(runs: dict[tuple[int, int], dict], config: Config) -> pd.Dat
                 lam_max_at_grok=value_at_step(h_steps, lam_max[i], grok, log=True) if grok is not None
                 else float("nan"),
                 lam_min_final=lam_min[i, -1], precond_peak=pre_peak[i], precond_late=pre_late[i],
-                precond_late_max=pre_late_max[i]))
+                precond_late_max=pre_late_max[i], **_delay_and_certificate(r, config)))
     table = pd.DataFrame(rows)
     return table.astype({"memorised": "Int64", "generalised": "Int64"})
+
+
+def _delay_and_certificate(record: dict, config: Config) -> dict[str, Any]:
+    """The per-run columns ``delay_ratio``, ``groks`` and the certified final λ_min (see :func:`per_run_summary`)."""
+    steps = [x["step"] for x in record["log"]]
+    train, test = [x["train_acc"] for x in record["log"]], [x["test_acc"] for x in record["log"]]
+    ratio = grokking_delay(steps, train, test)["ratio"]
+    last = record["hessian"][-1]
+    low, high, resolution = certified_interval(last["lambda_min"], last["lambda_max"], config.lanczos_tol)
+    return dict(delay_ratio=float("nan") if ratio is None else float(ratio), groks=groks(steps, train, test),
+                lam_min_low=low, lam_min_high=high, lam_min_resolution=resolution,
+                lam_min_word=certified_word(low, high))
+
+
+def depth_outcome(n_generalised: int, n_seeds: int) -> str:
+    """Whether a depth generalises, from how many of its ``n_seeds`` runs reached 95 % test accuracy.
+
+    The chapter's definition: a depth *generalises* when every seed does, *does not generalise* when none does;
+    otherwise the count is given (``"generalises in 2 of 3 seeds"``).
+    """
+    if not 0 <= n_generalised <= n_seeds or n_seeds < 1:
+        raise ValueError(f"n_generalised={n_generalised!r} must be in [0, n_seeds={n_seeds!r}], n_seeds >= 1")
+    if n_generalised == n_seeds:
+        return "generalises"
+    if n_generalised == 0:
+        return "does not generalise"
+    return f"generalises in {n_generalised} of {n_seeds} seeds"
+
+
+def certified_interval(lam_min: float, lam_max: float, tol: float) -> tuple[float, float, float]:
+    """The interval Lanczos certifies for ``lam_min``: ``(lam_min − r, lam_min + r, r)`` with the resolution
+    ``r = tol × ρ``, ``ρ = max(|lam_min|, |lam_max|)`` the spectral radius (Lanczos stops when every residual is
+    below ``tol × ρ``, and a Ritz value with residual ``r`` lies within ``r`` of an eigenvalue)."""
+    resolution = tol * max(abs(lam_min), abs(lam_max))
+    return lam_min - resolution, lam_min + resolution, resolution
+
+
+def certified_word(low: float, high: float) -> str:
+    """``"negative"`` when the certified interval lies below 0, ``"positive"`` above, else ``"not resolved"``."""
+    return direction_word(low, high, up="positive", down="negative", flat="not resolved")
+
+
+def round_up_1sig(x: float) -> float:
+    """``x > 0`` rounded *up* to one significant digit (0.24 → 0.3, 0.2 → 0.2): a resolution never understated."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    scale = 10.0 ** math.floor(math.log10(x))
+    return math.ceil(round(x / scale, 9)) * scale
+
+
+def resolved_text(value: float, resolution: float) -> str:
+    """``value`` quoted only to its ``resolution``: ``"|λ| ≤ 0.3"`` when the interval contains 0, else the value
+    rounded to the resolution's first digit, ``"-1.3 ± 0.3"``."""
+    if not (math.isfinite(value) and math.isfinite(resolution)):
+        return "–"
+    r = round_up_1sig(resolution)
+    if r <= 0:
+        return f"{value:.3g}"
+    decimals = max(0, -math.floor(math.log10(r)))
+    if abs(value) <= resolution:
+        return f"|λ| ≤ {r:.{decimals}f}"
+    return f"{value:.{decimals}f} ± {r:.{decimals}f}"
+
+
+def increase_word(per_depth: Sequence[np.ndarray]) -> str:
+    """Whether a quantity increases with depth, from its per-seed values at ascending depths: ``"holds, with the
+    seed ranges of consecutive depths separated"`` when every depth's minimum exceeds the previous one's maximum,
+    ``"holds for the geometric means, but the seed ranges overlap"`` when only the geometric means increase,
+    ``"does not hold at every added layer"`` otherwise (and ``"is not tested (one depth)"`` for one depth)."""
+    values = [np.asarray(v, dtype=float) for v in per_depth]
+    if len(values) < 2:
+        return "is not tested (one depth)"
+    if all(b.min() > a.max() for a, b in zip(values, values[1:])):
+        return "holds, with the seed ranges of consecutive depths separated"
+    means = [_geometric_mean(v) for v in values]
+    if all(np.diff(means) > 0):
+        return "holds for the geometric means, but the seed ranges overlap"
+    return "does not hold at every added layer"
+
+
+def ratio_summary(ratios: Sequence[float]) -> tuple[float, str]:
+    """Median and ``"lo–hi"`` range of the defined delay ratios (NaN and ``"–"`` when none is defined)."""
+    values = np.asarray(ratios, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), "–"
+    return float(np.median(values)), range_text(values, "{:.1f}")
 
 
 def spread_text(values: Sequence[float], fmt: str = "{:.3g}") -> str:
@@ -261,7 +351,10 @@ def depth_table(per_run: pd.DataFrame, n_seeds: int) -> pd.DataFrame:
             "test ≥ 95 % at": steps_text(g.generalised),
             "λ_max at grokking": spread_text(g.lam_max_at_grok),
             "λ_max final": spread_text(g.lam_max_final),
-            "λ_min final": spread_text(g.lam_min_final),
+            "λ_min final (certified)": "; ".join(f"{resolved_text(v, r)} ({w})" for v, r, w in zip(
+                g.lam_min_final, g.lam_min_resolution, g.lam_min_word)),
+            "delay ratio": ", ".join("–" if not np.isfinite(x) else f"{x:.1f}" for x in g.delay_ratio),
+            "groks": f"{int(g.groks.sum())}/{n_seeds}",
             "λ_max(P⁻¹H) · lr/38: median": spread_text(g.precond_late, "{:.2f}"),
             "λ_max(P⁻¹H) · lr/38: max": spread_text(g.precond_late_max, "{:.2f}"),
         }
@@ -327,6 +420,74 @@ class Result:
             f"every lambda_min <= lambda_max: {all(h['lambda_min'] <= h['lambda_max'] for h in records)}",
             f"all logged metrics finite: {finite}",
         ])
+
+    def _verdicts(self, generalised, never, memorised_all, underfit, at_eos, n_grok) -> dict[str, Any]:
+        """The chapter's conclusions as glued words and sentences, computed from the runs (see :meth:`glued`)."""
+        c, out = self.config, {}
+        depths, n_seeds, col = c.depths, len(c.seeds), self._column
+        smoke = c.preset == "smoke"
+
+        def verdict(topic: str, sentence: str) -> str:
+            return f"a smoke run ({c.n_steps:,} steps) renders no verdict on {topic}" if smoke else sentence
+
+        n_groks = {d: int(col(d, "groks").sum()) for d in depths}
+        for d in depths:
+            median, spread = ratio_summary(col(d, "delay_ratio"))
+            out.update({f"delay_ratio_d{d}": median, f"delay_ratio_range_d{d}": spread,
+                        f"n_groks_d{d}": n_groks[d], f"outcome_d{d}": depth_outcome(n_grok[d], n_seeds)})
+        # Which depths generalise, and do they grok (curves.groks: final test > 95 % and delay ratio >= 5)?
+        parts = []
+        for d in generalised:
+            median, spread = ratio_summary(col(d, "delay_ratio"))
+            grok = [int(g) for g in col(d, "generalised")]
+            mem = [int(m) for m in col(d, "memorised") if pd.notna(m)]
+            parts.append(
+                f"depth {d} first reaches 95 % test accuracy at step {int(np.median(grok))} (median over seeds), "
+                f"after memorising at step {int(np.median(mem))}: a delay ratio of {median:.1f} (median; "
+                f"{spread} over seeds), and {n_groks[d]} of its {n_seeds} runs grok by this book's definition "
+                f"(final test accuracy above 95 % and a delay ratio of at least 5)")
+        out["grokking_sentence"] = verdict("grokking", "; ".join(parts) if parts else
+                                           "no depth reached 95 % test accuracy in every seed") + "."
+        # The seed's claims.
+        ordered = sorted(depths)
+        first = increase_word([col(d, "lam_max_first") for d in ordered])
+        final = increase_word([col(d, "lam_max_final") for d in ordered])
+        out["claim_increase_text"] = verdict(
+            "the seed's first claim", f"at step {c.hessian_every} the claim {first}; at the end of training it {final}")
+        if 2 not in depths:
+            depth2 = "depth 2 was not run"
+        elif n_groks[2] == n_seeds:
+            depth2 = f"every one of the {n_seeds} runs at depth 2 groks by this book's definition"
+        elif n_groks[2] == 0:
+            depth2 = f"none of the {n_seeds} runs at depth 2 groks by this book's definition"
+        else:
+            depth2 = f"{n_groks[2]} of the {n_seeds} runs at depth 2 grok by this book's definition"
+        out["claim_depth2_text"] = verdict("the seed's second claim", depth2)
+        deep = [d for d in depths if d >= 4]
+        if not deep:
+            deep_text = "no depth of 4 or more was run"
+        else:
+            deep_gen = [d for d in deep if n_grok[d] > 0]
+            deep_text = (f"no run at depths {depth_list(deep)} reached 95 % test accuracy within {c.n_steps:,} steps"
+                         if not deep_gen else f"depths {depth_list(deep_gen)} generalised in at least one seed")
+        shallow_never = [d for d in never if d < 4]
+        deep_text += (f"; below depth 4, depths {depth_list(shallow_never)} did not generalise in any seed either"
+                      if shallow_never else "; every depth below 4 generalised in at least one seed")
+        out["claim_deep_text"] = verdict("the seed's third claim", deep_text)
+        out.update(depths_eos_memorised=depth_list([d for d in at_eos if d in memorised_all and d in never]),
+                   depths_eos_fitting=depth_list([d for d in at_eos if d in underfit]))
+        small_best = {d: max(x["test_acc"] for x in r["log"]) for d, r in self.seed_fraction_runs.items()}
+        small_gen = [d for d, b in small_best.items() if b >= 0.95]
+        out["seed_fraction_text"] = verdict(
+            "the seed's split", f"at depths {depth_list(small_gen)} a run reached 95 % test accuracy" if small_gen
+            else f"no run at depths {depth_list(list(small_best))} reached 95 % test accuracy")
+        # λ_min at the end of training, to the resolution Lanczos certifies.
+        words = self.per_run.lam_min_word
+        out.update(n_lam_min_negative=int((words == "negative").sum()),
+                   n_lam_min_unresolved=int((words == "not resolved").sum()),
+                   n_lam_min_positive=int((words == "positive").sum()), n_runs=len(self.per_run),
+                   lam_min_resolution_max=round_up_1sig(float(self.per_run.lam_min_resolution.max())))
+        return out
 
     def glued(self) -> dict[str, Any]:
         """Every number and word the prose glues, by glue name."""
@@ -398,13 +559,15 @@ class Result:
                 f"memorised_d{d}": int(np.median(memorised[d])) if memorised[d] else "never",
                 f"lam_final_d{d}": final_lam[d], f"lam_peak_d{d}": peak_lam[d],
                 f"lam_grok_d{d}": _geometric_mean(at_grok) if len(at_grok) else float("nan")})
+        out.update(self._verdicts(generalised, never, memorised_all, underfit, at_eos, n_grok))
         out["lam_final_increasing"] = "yes" if all(np.diff([final_lam[d] for d in sorted(depths)]) > 0) else "no"
         out["lam_peak_increasing"] = "yes" if all(np.diff([peak_lam[d] for d in sorted(depths)]) > 0) else "no"
         # The seed's small split.
         small = self.seed_fraction_runs.values()
         out.update(seed_fraction_best_test=100 * max(max(x["test_acc"] for x in r["log"]) for r in small),
                    seed_fraction_pct=100 * c.seed_fraction,
-                   seed_fraction_depths=", ".join(map(str, c.seed_fraction_depths)))
+                   seed_fraction_depths=", ".join(map(str, c.seed_fraction_depths)),
+                   decay_steps=1 / (c.lr * c.weight_decay) if c.weight_decay else float("inf"))
         # Wall time.
         out.update({f"seconds_{k}": v for k, v in self.computed_seconds.items()})
         out.update(minutes_total=sum(self.computed_seconds.values()) / 60, n_hvp_total=self.n_hvp,

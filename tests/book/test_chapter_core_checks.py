@@ -42,7 +42,7 @@ def test_notebook_defines_no_functions_and_glues_what_the_result_produces():
     roles = set(re.findall(r"\{glue:text\}`([A-Za-z_]\w*)", text))
     fake = core_checks.Result(
         config=core_checks.Config(), n_parameters=3, row_error=0.0, dense_error=0.0, lanczos_error=0.0,
-        eigenvalues=np.array([-1.0, 0.5, 2.0]), stats=dict(lambda_max=2.0, lambda_min=-1.0, n_negative=1),
+        eigenvalues=np.array([-1.0, 0.5, 2.0]), stats=core_checks.spectrum_stats(np.array([-1.0, 0.5, 2.0])),
         linkage=np.zeros((2, 4)), heights_equal=True, counts_equal=True, gaps=np.array([[1.5, 0.5, 2.0]]),
         timings=dict(hessian=1.0, eig=2.0))
     glued = fake.glued()
@@ -144,3 +144,17 @@ def test_dendrogram_matches_scipy_by_hand_and_notices_a_difference(monkeypatch):
 
     monkeypatch.setattr(core_checks, "eigen_linkage", shifted)
     assert core_checks.dendrogram_matches_scipy(lam, eps)[0] is False
+
+
+def test_tolerance_aware_negative_count_leaves_out_rounding_level_negatives():
+    from hessian_core import spectrum_stats
+
+    lam = np.array([-2.0, -1e-16, -1e-17, 0.0, 3e-17, 1.0, 4.0])
+    tol = 4.0 * len(lam) * np.finfo(float).eps  # max|λ| · n · eps, numpy.linalg.matrix_rank's convention
+    fake = core_checks.Result(
+        config=core_checks.Config(), n_parameters=7, row_error=0.0, dense_error=0.0, lanczos_error=0.0,
+        eigenvalues=lam, stats=spectrum_stats(lam), linkage=np.zeros((6, 4)), heights_equal=True,
+        counts_equal=True, gaps=np.array([[3.0, 1.0, 4.0]]), timings=dict(hessian=1.0, eig=2.0))
+    glued = fake.glued()
+    assert glued["n_negative"] == 3 and glued["n_negative_tol"] == 1 and glued["n_near_zero"] == 4
+    assert glued["zero_tol"] == pytest.approx(tol)

@@ -212,3 +212,98 @@ def test_tiny_chapter_gives_the_same_numbers_serially_and_on_worker_processes(tm
     a = {k: v for k, v in serial.glued().items() if not any(t in k for t in timing)}
     b = {k: v for k, v in pooled.glued().items() if not any(t in k for t in timing)}
     np.testing.assert_equal(a, b)
+
+
+def test_depth_outcome_definition():
+    assert chapter.depth_outcome(3, 3) == "generalises"
+    assert chapter.depth_outcome(0, 3) == "does not generalise"
+    assert chapter.depth_outcome(2, 3) == "generalises in 2 of 3 seeds"
+    with pytest.raises(ValueError):
+        chapter.depth_outcome(4, 3)
+
+
+def test_certified_interval_and_word_on_a_dense_reference():
+    """A planted symmetric matrix: Lanczos at a loose tolerance, its λ_min against numpy's, inside the certified
+    interval; a λ_min smaller than the resolution is 'not resolved', a clearly negative one 'negative'."""
+    from hessian_core import lanczos
+
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
+    for planted, word in ((-5.0, "negative"), (-1e-3, "not resolved"), (2.0, "positive")):
+        lam = np.concatenate([[planted], np.linspace(3.0, 100.0, 79)])
+        A = (Q * lam) @ Q.T
+        tol = 1e-2
+
+        class Op:
+            shape = (80, 80)
+            dtype = np.float64
+
+            def matvec(self, x):
+                return A @ x
+
+            def matmat(self, X):
+                return A @ X
+
+        ends = np.asarray(lanczos(Op(), 1, which="both", tol=tol, seed=0))
+        low, high, r = chapter.certified_interval(ends.min(), ends.max(), tol)
+        reference = np.linalg.eigvalsh(A)
+        assert r == pytest.approx(tol * max(abs(ends.min()), abs(ends.max())))
+        assert low <= reference[0] <= high
+        assert chapter.certified_word(low, high) == word
+    assert chapter.certified_interval(-0.5, 10.0, 0.1) == (-1.5, 0.5, 1.0)
+
+
+def test_resolution_rounding_by_hand():
+    assert chapter.round_up_1sig(0.24) == pytest.approx(0.3) and chapter.round_up_1sig(0.2) == pytest.approx(0.2)
+    assert chapter.round_up_1sig(37.0) == pytest.approx(40.0)
+    assert chapter.resolved_text(0.00147, 0.24) == "|λ| ≤ 0.3"  # the issue's case: no digits inside the resolution
+    assert chapter.resolved_text(-1.2345, 0.24) == "-1.2 ± 0.3"
+    assert chapter.resolved_text(-123.4, 37.0) == "-123 ± 40"
+    assert chapter.resolved_text(float("nan"), 1.0) == "–"
+
+
+def test_increase_word_and_ratio_summary_by_hand():
+    assert chapter.increase_word([[1, 2], [3, 4], [5, 9]]).startswith("holds, with the seed ranges")
+    assert chapter.increase_word([[1, 4], [3, 5]]).startswith("holds for the geometric means")
+    assert chapter.increase_word([[4, 4], [1, 2]]) == "does not hold at every added layer"
+    assert chapter.increase_word([[1.0]]) == "is not tested (one depth)"
+    median, spread = chapter.ratio_summary([1.5, np.nan, 3.0, 2.0])
+    assert median == 2.0 and spread == "1.5–3.0"
+    assert math.isnan(chapter.ratio_summary([np.nan])[0]) and chapter.ratio_summary([])[1] == "–"
+
+
+def test_verdicts_computed_from_the_runs_and_withheld_at_the_smoke_preset():
+    result = _fake_result()
+    row = result.per_run.set_index(["depth", "seed"])
+    # delay ratios: depth 2 seed 0 memorised at 100, generalised at 150; seed 1: 50 and 100
+    assert row.loc[(2, 0), "delay_ratio"] == 1.5 and row.loc[(2, 1), "delay_ratio"] == 2.0
+    assert math.isnan(row.loc[(1, 0), "delay_ratio"]) and not row.groks.any()
+    # λ_min = -0.1 at the last checkpoint; resolution = lanczos_tol (0.01) × λ_max
+    assert row.loc[(2, 0), "lam_min_resolution"] == pytest.approx(0.1)
+    assert row.loc[(2, 0), "lam_min_word"] == "not resolved"  # -0.1 ± 0.1 touches 0
+    assert row.loc[(2, 1), "lam_min_word"] == "not resolved"  # resolution 0.01 × 40 = 0.4
+    assert row.loc[(1, 0), "lam_min_word"] == "negative"  # resolution 0.01 × 2 = 0.02
+    glued = result.glued()
+    assert glued["delay_ratio_d2"] == pytest.approx(1.75) and glued["delay_ratio_range_d2"] == "1.5–2.0"
+    assert glued["n_groks_d2"] == 0 and glued["outcome_d2"] == "generalises"
+    assert glued["outcome_d1"] == "does not generalise"
+    assert "delay ratio of 1.8" in glued["grokking_sentence"] and "0 of its 2 runs grok" in glued["grokking_sentence"]
+    assert glued["claim_depth2_text"] == "none of the 2 runs at depth 2 groks by this book's definition"
+    assert glued["claim_deep_text"].startswith("no depth of 4 or more was run")
+    assert "depths 1 did not generalise" in glued["claim_deep_text"]
+    assert glued["claim_increase_text"] == ("at step 100 the claim holds, with the seed ranges of consecutive "
+                                            "depths separated; at the end of training it holds, with the seed "
+                                            "ranges of consecutive depths separated")
+    assert glued["seed_fraction_text"] == "no run at depths 1 reached 95 % test accuracy"
+    assert glued["depths_eos_memorised"] == "none" and glued["depths_eos_fitting"] == "1"
+    assert glued["decay_steps"] == pytest.approx(1 / (0.02 * 3.0))
+    assert (glued["n_lam_min_negative"], glued["n_lam_min_unresolved"], glued["n_lam_min_positive"]) == (2, 2, 0)
+    assert glued["lam_min_resolution_max"] == pytest.approx(0.4)
+    assert "-0.10 ± 0.02 (negative)" in result.table.loc[1, "λ_min final (certified)"]
+    assert result.table.loc[2, "delay ratio"] == "1.5, 2.0" and result.table.loc[2, "groks"] == "0/2"
+    smoke = chapter.Result(**{**result.__dict__, "config": chapter.Config(**{**result.config.__dict__,
+                                                                              "preset": "smoke"})})
+    for name in ("grokking_sentence", "claim_increase_text", "claim_depth2_text", "claim_deep_text",
+                 "seed_fraction_text"):
+        assert smoke.glued()[name].startswith("a smoke run (200 steps) renders no verdict"), name
+    assert smoke.glued()["grokking_sentence"].endswith("grokking.")
