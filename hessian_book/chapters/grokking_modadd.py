@@ -762,7 +762,8 @@ def _spike(config: Config, run: ModAddRun, start: int, *, progress: bool | None 
 def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None = False, **arguments: Any) -> dict:
     """One independent task of :func:`run` (module-level, so worker processes import it), with ``threads`` torch
     threads (restored afterwards): ``kind="run"`` (``spec=dict(role, seed, split_seed, weight_decay)``):
-    :func:`analyse_run`; ``"dense"``/``"fullset"`` (``step=``): the reference run's full spectrum or full-set
+    :func:`analyse_run`; ``"recipe"`` (``entry=[d_model, n_heads, d_mlp, weight_decay]``): a recipe candidate;
+    ``"dense"``/``"fullset"`` (``step=``): the reference run's full spectrum or full-set
     top-k there; ``"spike"`` (``start=``): the resolved spike. Results go to the stores (atomic writes); the
     return value is a small summary."""
     previous = torch.get_num_threads()
@@ -772,6 +773,9 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
             analysis = analyse_run(config, RunSpec(**arguments["spec"]), progress=progress)
             return {"kind": kind, "label": analysis.label, "checkpoints": len(analysis.checkpoints),
                     "groks": analysis.groks}
+        if kind == "recipe":
+            recipe = _recipe_run(config, *arguments["entry"], progress=progress)
+            return {"kind": kind, "label": recipe_label(*arguments["entry"]), "steps": recipe.params["n_steps"]}
         reference = main_run(config, progress=False)
         if kind == "dense":
             return {"kind": kind, "step": arguments["step"],
@@ -781,7 +785,7 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
                     "hvps": _fullset(config, reference, arguments["step"])["hvps"]}
         if kind == "spike":
             return {"kind": kind, "n": len(_spike(config, reference, arguments["start"], progress=progress))}
-        raise ValueError(f"kind={kind!r} must be 'run', 'dense', 'fullset' or 'spike'")
+        raise ValueError(f"kind={kind!r} must be 'run', 'recipe', 'dense', 'fullset' or 'spike'")
     finally:
         torch.set_num_threads(previous)
 
@@ -1192,21 +1196,34 @@ def _fullset_table(config: Config, reference: RunAnalysis, fullset: Mapping[str,
 def run(config: Config, *, progress: bool | None = None) -> Result:
     """Compute the chapter (every step is stored as it completes, so an interrupted run resumes).
 
-    The recipe candidates train in this process; the runs of the replication and the control are independent
-    tasks (:func:`task`, ``kind="run"``) on ``config.scheduler``, then the reference run's dense spectra, full-set
-    top-k and resolved spike are a second round of tasks. Afterwards everything is read back from the stores here.
+    The runs of the replication and the control and the recipe candidates are independent tasks (:func:`task`)
+    on ``config.scheduler`` (the long runs first, so that two workers stay busy to the end); then the reference
+    run's dense spectra, full-set top-k and resolved spike are a second round of tasks. Afterwards everything is
+    read back from the stores here, on one torch thread like the tasks (so that anything recomputed here is
+    computed the same way).
     """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(config, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: Config, *, progress: bool | None) -> Result:
     started = time.perf_counter()
     show = show_progress(progress)
     c, k = config, config.lanczos_k
     serial = c.scheduler == "serial"
-    recipe_runs = [_recipe_run(c, *entry, progress=progress) for entry in c.recipe_configs]
     specs = c.runs()
     workers: list[str] = []
     tasks_started = time.perf_counter()
-    first = run_tasks(task, [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
-                             for s in specs], scheduler=c.scheduler, desc="runs", progress=show)
+    first_tasks = [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
+                   for s in specs]
+    first_tasks += [dict(config=c, kind="recipe", entry=list(entry), progress=False) for entry in c.recipe_configs]
+    first = run_tasks(task, first_tasks, scheduler=c.scheduler, desc="runs", progress=show)
     workers += [r.worker for r in first]
+    recipe_runs = [_recipe_run(c, *entry, progress=False) for entry in c.recipe_configs]  # read back
     main = main_run(c, progress=False)
     runs = [analyse_run(c, s, progress=False) for s in specs]
     reference = runs[0]
