@@ -9,6 +9,7 @@ separate package ``hessian_book``.
 from .density import SpectralDensity, TraceEstimate, hutchinson_trace, spectral_density
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
 from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
+from .gauss_newton import gauss_newton
 from .lanczos import LanczosConvergenceError, LanczosResult, lanczos, lanczos_solve, top_eigenvalue
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
 from .partitions import adjusted_rand_index, composition, largest_component, parameter_labels, top_clusters
@@ -18,7 +19,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     # operators
-    "hvp", "full_hessian", "hessian_operator", "HessianOperator",
+    "hvp", "full_hessian", "hessian_operator", "HessianOperator", "gauss_newton",
     # lanczos
     "lanczos", "lanczos_solve", "top_eigenvalue", "LanczosResult", "LanczosConvergenceError",
     # density
