@@ -8,7 +8,8 @@ separate package ``hessian_book``.
 
 from .density import SpectralDensity, TraceEstimate, hutchinson_trace, spectral_density
 from .dendrogram import cluster_counts, cluster_labels, eigen_linkage, merge_heights, spectral_gaps
-from .fiedler import algebraic_connectivity, coupling_graph, fiedler_linkage, fiedler_vector
+from .fiedler import (ComponentConnectivity, algebraic_connectivity, coupling_graph, fiedler_linkage,
+                      fiedler_vector, largest_component_connectivity)
 from .gauss_newton import gauss_newton
 from .lanczos import LanczosConvergenceError, LanczosResult, lanczos, lanczos_solve, top_eigenvalue
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
@@ -30,6 +31,7 @@ __all__ = [
     "eigen_linkage", "cluster_counts", "cluster_labels", "spectral_gaps", "merge_heights",
     # fiedler
     "coupling_graph", "algebraic_connectivity", "fiedler_vector", "fiedler_linkage",
+    "largest_component_connectivity", "ComponentConnectivity",
     # partitions
     "parameter_labels", "adjusted_rand_index", "composition", "top_clusters", "largest_component",
 ]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -47,6 +47,8 @@ from ._validation import check_choice, check_int
 __all__ = [
     "coupling_graph",
     "algebraic_connectivity",
+    "ComponentConnectivity",
+    "largest_component_connectivity",
     "fiedler_vector",
     "fiedler_linkage",
 ]
@@ -112,7 +114,9 @@ def _symmetrized(array: NDArray[np.float64], *, name: str, rtol: float) -> NDArr
 
 
 # ----------------------------------------------------------------------------- public graph helpers
-def coupling_graph(H: Any, *, symmetry_rtol: float = 1e-5) -> NDArray[np.float64]:
+def coupling_graph(
+    H: Any, *, symmetry_rtol: float = 1e-5, normalize: Literal["diagonal"] | None = None
+) -> NDArray[np.float64]:
     """Weighted coupling graph of a Hessian: ``W = |sym(H)|`` with a zero diagonal.
 
     Args:
@@ -122,19 +126,39 @@ def coupling_graph(H: Any, *, symmetry_rtol: float = 1e-5) -> NDArray[np.float64
             backprop in float32) is symmetric only up to rounding.  If
             ``max|H - H^T| <= symmetry_rtol * max|H|`` the symmetric part
             ``(H + H^T)/2`` is used; otherwise ``ValueError`` (not a Hessian).
+        normalize: ``None`` (default): ``W_ij = |H_ij|``.  ``"diagonal"``: the
+            scale-invariant coupling ``W_ij = |H_ij| / sqrt(|H_ii| |H_jj|)``, unchanged
+            when the parameters are rescaled (``H -> S H S`` for a diagonal ``S``
+            with non-zero entries), whereas ``|H_ij|`` scales by ``|s_i s_j|``.
+            Rule for a zero diagonal: a parameter with ``H_ii == 0`` (exactly, after
+            symmetrization) has no curvature scale to divide by and is *isolated*:
+            its row and column of ``W`` are zero, whatever its off-diagonal
+            entries.  The ratio is at most 1 for a positive semi-definite ``H``
+            (Cauchy-Schwarz) but unbounded for an indefinite one.
 
     Returns:
         W: ndarray[P, P], float64, symmetric, non-negative, ``W_ii = 0``:
-        ``W_ij = |(H_ij + H_ji) / 2|``.  Self-couplings (the diagonal) are dropped
-        because a graph Laplacian ignores self-loops anyway.
+        ``W_ij = |(H_ij + H_ji) / 2|`` (or its diagonal-normalized form).
+        Self-couplings (the diagonal) are dropped because a graph Laplacian
+        ignores self-loops anyway.
 
     Raises:
-        ValueError: ``H`` not square, empty, non-finite or not symmetric.
+        ValueError: ``H`` not square, empty, non-finite or not symmetric, or an
+            unknown ``normalize``.
         TypeError: ``H`` not real.
     """
+    if normalize is not None:
+        check_choice("normalize", normalize, ("diagonal",))
     array = _as_square_matrix(H, name="H")
     weights = _symmetrized(array, name="H", rtol=symmetry_rtol)
     np.abs(weights, out=weights)
+    if normalize == "diagonal":
+        diagonal = np.diag(weights).copy()
+        scale = np.zeros_like(diagonal)
+        np.divide(1.0, np.sqrt(diagonal), out=scale, where=diagonal > 0)  # zero diagonal -> isolated
+        for start in range(0, weights.shape[0], 1024):  # row blocks: no second P x P temporary
+            weights[start : start + 1024] *= scale[start : start + 1024, None]
+            weights[start : start + 1024] *= scale[None, :]
     np.fill_diagonal(weights, 0.0)
     return weights
 
@@ -302,6 +326,61 @@ def algebraic_connectivity(
         return 0.0
     value, _ = _connected_fiedler(weights, normalized=normalized, dense_max=dense_max, seed=0)
     return max(value, 0.0)  # lambda_2 > 0 for a connected graph; clip rounding below 0
+
+
+class ComponentConnectivity(NamedTuple):
+    """Connectivity of a graph's largest connected component (:func:`largest_component_connectivity`).
+
+    Attributes:
+        lambda2: ``lambda_2`` of the largest component's Laplacian (NaN when that
+            component is a single vertex, i.e. no vertex has an edge).
+        size: vertices in the largest component.
+        n_isolated: vertices without any edge (all-zero rows of ``W``).
+    """
+
+    lambda2: float
+    size: int
+    n_isolated: int
+
+
+def largest_component_connectivity(
+    W: Any,
+    *,
+    normalized: bool = False,
+    dense_max: int = DEFAULT_DENSE_MAX,
+    symmetry_rtol: float = 1e-10,
+) -> ComponentConnectivity:
+    """``lambda_2`` of the largest connected component of a graph, its size, and the isolated vertices.
+
+    :func:`algebraic_connectivity` is exactly 0 as soon as one vertex is isolated;
+    this measures how well the bulk of the graph is knit instead.
+
+    Args:
+        W, normalized, dense_max, symmetry_rtol: as in :func:`algebraic_connectivity`.
+
+    Returns:
+        ``ComponentConnectivity(lambda2, size, n_isolated)``: ``lambda2`` of the
+        Laplacian (``D - W``, or the normalized one) of ``W[C, C]`` for the largest
+        component ``C`` (ties: the component with the smallest vertex index);
+        NaN if ``size == 1``.  For a connected graph ``lambda2`` equals
+        :func:`algebraic_connectivity` and ``size == P``.
+
+    Raises:
+        ValueError: as :func:`algebraic_connectivity`.
+    """
+    weights = _as_graph(W, name="W", symmetry_rtol=symmetry_rtol)
+    if weights.shape[0] < 2:
+        raise ValueError(f"W must have at least 2 vertices to define lambda_2, got shape {weights.shape}")
+    dense_max = check_int("dense_max", dense_max, minimum=2)
+    n_isolated = int(np.count_nonzero(~(weights != 0).any(axis=1)))
+    components = _connected_components(weights)
+    largest = max(components, key=len)  # max keeps the first of equal sizes: smallest vertex index
+    if largest.size < 2:
+        return ComponentConnectivity(float("nan"), int(largest.size), n_isolated)
+    sub = weights if largest.size == weights.shape[0] else weights[np.ix_(largest, largest)]
+    del weights
+    value, _ = _connected_fiedler(sub, normalized=normalized, dense_max=dense_max, seed=0)
+    return ComponentConnectivity(max(value, 0.0), int(largest.size), n_isolated)
 
 
 def fiedler_vector(

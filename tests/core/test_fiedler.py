@@ -16,6 +16,7 @@ from hessian_core.fiedler import (
     coupling_graph,
     fiedler_linkage,
     fiedler_vector,
+    largest_component_connectivity,
 )
 
 SPLITS = ("sign", "sweep")
@@ -520,3 +521,114 @@ def test_bad_hessian_is_rejected() -> None:
         fiedler_linkage(np.array([[0.0, np.inf], [np.inf, 0.0]]), progress=False)
     with pytest.raises(TypeError, match="max_depth"):
         fiedler_linkage(_random_graph(5, 0), max_depth=1.5, progress=False)
+
+
+# ----------------------------------------------------------------------------- largest component, scale invariance
+def _dense_lambda2(weights: np.ndarray, *, normalized: bool) -> float:
+    """lambda_2 of a connected graph by a full dense eigendecomposition (the reference)."""
+    degrees = weights.sum(axis=1)
+    laplacian = np.diag(degrees) - weights
+    if normalized:
+        inv_sqrt = 1.0 / np.sqrt(degrees)
+        laplacian = laplacian * inv_sqrt[:, None] * inv_sqrt[None, :]
+    return float(np.linalg.eigvalsh(laplacian)[1])
+
+
+def _planted_with_isolated(seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A random 40-vertex connected graph, a separate 6-vertex component and 5 isolated vertices, shuffled."""
+    rng = np.random.default_rng(seed)
+    big, small = _random_graph(40, seed), _random_graph(6, seed + 1)
+    weights = scipy.linalg.block_diag(big, small, np.zeros((5, 5)))
+    perm = rng.permutation(weights.shape[0])
+    weights = weights[np.ix_(perm, perm)]
+    members = np.flatnonzero(np.isin(perm, np.arange(40)))  # where the big component went
+    return weights, members, 5
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_largest_component_lambda2_equals_the_dense_laplacian_of_that_component(normalized):
+    weights, members, n_isolated = _planted_with_isolated(7)
+    assert algebraic_connectivity(weights, normalized=normalized) == 0.0  # the whole graph: exactly 0
+    result = largest_component_connectivity(weights, normalized=normalized)
+    expected = _dense_lambda2(weights[np.ix_(members, members)], normalized=normalized)
+    assert result.size == 40 and result.n_isolated == n_isolated
+    assert result.lambda2 == pytest.approx(expected, rel=1e-10)
+    lambda2, size, isolated = result  # unpacks as a tuple
+    assert (size, isolated) == (40, 5)
+
+
+def test_largest_component_uses_the_lanczos_path_on_large_components():
+    weights, members, _ = _planted_with_isolated(8)
+    dense = largest_component_connectivity(weights, normalized=True)
+    lanczos = largest_component_connectivity(weights, normalized=True, dense_max=10)
+    assert lanczos.lambda2 == pytest.approx(dense.lambda2, rel=1e-8)
+
+
+def test_largest_component_of_a_connected_graph_is_the_graph():
+    weights = _random_graph(30, 3)
+    result = largest_component_connectivity(weights)
+    assert result.size == 30 and result.n_isolated == 0
+    assert result.lambda2 == pytest.approx(algebraic_connectivity(weights), rel=1e-12)
+    assert result.lambda2 == pytest.approx(_dense_lambda2(weights, normalized=False), rel=1e-10)
+
+
+def test_largest_component_of_an_edgeless_graph_is_undefined():
+    result = largest_component_connectivity(np.zeros((4, 4)))
+    assert np.isnan(result.lambda2) and result.size == 1 and result.n_isolated == 4
+
+
+def test_largest_component_ties_go_to_the_smallest_index():
+    path = np.array([[0.0, 2.0], [2.0, 0.0]])  # lambda_2 = 4
+    weights = scipy.linalg.block_diag(np.array([[0.0, 1.0], [1.0, 0.0]]), path)  # lambda_2 = 2, then 4
+    assert largest_component_connectivity(weights).lambda2 == pytest.approx(2.0)
+
+
+def _signed_hessian(size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    upper = np.triu(rng.standard_normal((size, size)))
+    return upper + upper.T
+
+
+def test_diagonal_normalized_coupling_by_hand():
+    H = np.array([[4.0, -2.0, 0.5],
+                  [-2.0, 1.0, 3.0],
+                  [0.5, 3.0, -9.0]])
+    W = coupling_graph(H, normalize="diagonal")
+    expected = np.array([[0.0, 2 / 2, 0.5 / 6],
+                         [2 / 2, 0.0, 3 / 3],
+                         [0.5 / 6, 3 / 3, 0.0]])
+    np.testing.assert_allclose(W, expected, rtol=1e-15)
+
+
+def test_diagonal_normalized_coupling_is_invariant_under_rescaled_parameters():
+    H = _signed_hessian(25, 4)
+    rng = np.random.default_rng(5)
+    s = np.exp(rng.uniform(-3, 3, 25)) * rng.choice([-1.0, 1.0], 25)  # S: any non-zero diagonal
+    rescaled = H * s[:, None] * s[None, :]  # S H S
+    np.testing.assert_allclose(coupling_graph(rescaled, normalize="diagonal"),
+                               coupling_graph(H, normalize="diagonal"), rtol=1e-12, atol=0)
+    # |H| is not invariant: it scales by |s_i s_j|
+    np.testing.assert_allclose(coupling_graph(rescaled), coupling_graph(H) * np.abs(np.outer(s, s)), rtol=1e-12)
+    assert not np.allclose(coupling_graph(rescaled), coupling_graph(H))
+    # nor are the trees' graph quantities, while the normalized coupling's are
+    a = largest_component_connectivity(coupling_graph(H, normalize="diagonal"), normalized=True).lambda2
+    b = largest_component_connectivity(coupling_graph(rescaled, normalize="diagonal"), normalized=True).lambda2
+    assert a == pytest.approx(b, rel=1e-10)
+
+
+def test_diagonal_normalized_coupling_isolates_a_zero_diagonal():
+    H = _signed_hessian(6, 9)
+    H[2, 2] = 0.0  # off-diagonal entries of parameter 2 stay non-zero
+    W = coupling_graph(H, normalize="diagonal")
+    assert np.all(W[2] == 0) and np.all(W[:, 2] == 0)
+    others = np.delete(np.arange(6), 2)
+    d = np.sqrt(np.abs(np.diag(H)[others]))
+    expected = np.abs(H[np.ix_(others, others)]) / np.outer(d, d)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(W[np.ix_(others, others)], expected, rtol=1e-14)
+    assert largest_component_connectivity(W).n_isolated == 1
+
+
+def test_coupling_graph_rejects_an_unknown_normalization():
+    with pytest.raises(ValueError, match="normalize"):
+        coupling_graph(np.eye(3), normalize="trace")
