@@ -5,11 +5,25 @@ the MNIST and Fiedler chapters share, keyed by its training parameters only; :fu
 subsample. ``run(config)`` computes the chapter: the exact Hessian spectrum at every checkpoint (in a child store
 keyed by the run and the Hessian settings, :func:`spectra_store`) and on a larger subsample at a few checkpoints
 (:func:`compare_store`), returned as a :class:`Result`; the ``plot_*`` functions draw its figures.
+
+It also measures how much the seed's 50 images decide: λ_max (Lanczos) over ``n_draws`` independent draws at a few
+checkpoints and the full spectrum of ``n_dense_draws`` of them at the last (:func:`draws_store`), judged against the
+seed's numbers (:data:`SEED_SOURCE`); the exact Hessian and its Gauss–Newton part on nested subsamples of
+``subsample_sizes`` images at the last checkpoint (:func:`sizes_store`), with the rank bound ``N (C − 1)``; the
+outliers against Papyan's ``C`` and ``C(C − 1)``; the stored eigenvectors by layer; relative gaps in the bulk.
+
+Default cost, counted in the chapter's own units (one 50-image Hessian, one dense 5,994-eigenvalue solve), on top of
+its 25 Hessians and spectra: 90 Lanczos runs on 50 images (≈ 100 HVPs each, a fraction of a Hessian apiece);
+12 more 50-image Hessians with their spectra; at the last checkpoint, one 2,000-image Hessian and one Gauss–Newton
+part, each summed from eight 250-image chunks (≈ 40 fifty-image Hessians' worth of work each), and 10 spectra.
+In those units that is about twice the work of the 25 checkpoints' Hessians and spectra (Hessian cost taken as
+linear in the number of images); whether the whole stays inside the chapter's 25-minute goal is for a quiet,
+timed run to show.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,14 +32,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from hessian_core import eigen_linkage, spectral_gaps, spectrum_stats
+from hessian_core import (eigen_linkage, full_hessian, gauss_newton, hessian_operator, parameter_labels,
+                          spectral_gaps, spectrum_stats, top_eigenvalue)
 
 from .. import config as checks
 from .. import plots
 from ..config import ChapterConfig
-from ..measure import HessianSpectrum, dense_spectrum
+from ..glue import direction_word
+from ..measure import HessianSpectrum, dense_spectrum, timed
 from ..progress import show_progress
 from ..runs import MnistLenetRun, hessian_subsample, mnist_lenet_run
 from ..store import ResultStore
@@ -33,9 +50,18 @@ from ..store import ResultStore
 __all__ = ["Config", "training_run", "hessian_batch", "spectra_store", "compare_store", "SEED_REPORTED",
            "spread_indices", "n_above_largest_gap", "Plateau", "widest_plateau", "Result", "run",
            "subsample_table", "plot_summary", "plot_spectrum_evolution", "plot_dendrograms", "dendrogram_gif",
-           "plot_cluster_counts", "plot_gap_barcode", "plot_conv_filters"]
+           "plot_cluster_counts", "plot_gap_barcode", "plot_conv_filters", "SEED_SOURCE", "NEAR_ZERO",
+           "N_CLASSES", "near_zero_share", "central_interval", "spread_verdict", "rank_bound", "relative_gaps",
+           "largest_relative_gaps", "n_outliers", "papyan_word", "layer_shares", "chunked_sum", "draws_store",
+           "sizes_store", "plot_draws", "plot_sizes", "plot_gauss_newton", "plot_layer_shares", "direction"]
 
-# The seed repository's reported result (its README), quoted for comparison; everything else here is computed.
+# The seed's reported result, quoted for comparison (everything else here is computed). Source: section 5, "What
+# We Actually See", of the seed repository's published page (docs/index.html of the hessian-dendrogram
+# repository), kept as text in ../shared/seeds/hessian-dendrograms-blog-page.txt.
+SEED_SOURCE = ("section 5 (“What We Actually See”) of the seed repository's published page (docs/index.html of the "
+               "hessian-dendrogram repository)")
+NEAR_ZERO = 0.01  # the seed's "near zero": |λ| < 0.01
+N_CLASSES = 10
 SEED_REPORTED = dict(final_step=14070, test_acc=98.6, lambda_min=-0.56, lambda_max=52.1, frac_small=85.0, gap1=39.8,
                      n_above_gap=1, gap2=4.2)
 
@@ -57,13 +83,21 @@ class Config(ChapterConfig):
         compare_samples: a larger subsample, computed at a few checkpoints for comparison.
         n_compare_checkpoints: how many checkpoints (spread over training) get the larger subsample.
         n_vectors: top and bottom eigenvectors kept per checkpoint.
+        n_draws: independent ``hessian_samples``-image draws whose λ_max (Lanczos) is computed at each draw
+            checkpoint.
+        n_dense_draws: how many of those draws also get the full dense spectrum (largest gap, near-zero share,
+            n(ε)) at the final checkpoint (the seed's numbers are for it); at most ``n_draws``.
+        n_draw_checkpoints: checkpoints (spread over training, the last included) that get the draws.
+        subsample_sizes: nested subsample sizes whose exact Hessian is computed at the final checkpoint (the
+            largest also gets its Gauss–Newton part).
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
         # seconds of work, written to a fresh temporary directory so that CI always recomputes it
         "smoke": dict(n_train=640, n_test=1000, epochs=2, hessian_samples=10, compare_samples=20,
-                      n_compare_checkpoints=2, n_vectors=5, results_dir=""),
+                      n_compare_checkpoints=2, n_vectors=5, n_draws=4, n_dense_draws=2, n_draw_checkpoints=2,
+                      subsample_sizes=[10, 20], results_dir=""),
     }
 
     data_dir: str = ""
@@ -78,10 +112,14 @@ class Config(ChapterConfig):
     compare_samples: int = 500
     n_compare_checkpoints: int = 3
     n_vectors: int = 50
+    n_draws: int = 30
+    n_dense_draws: int = 12
+    n_draw_checkpoints: int = 3
+    subsample_sizes: list = field(default_factory=lambda: [50, 200, 500, 1000, 2000])
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "hessian_samples", "compare_samples", "n_compare_checkpoints",
-                     "n_vectors"):
+                     "n_vectors", "n_draws", "n_dense_draws", "n_draw_checkpoints"):
             checks.positive_int(name, getattr(self, name))
         for name in ("seed", "n_train", "n_test"):
             checks.non_negative_int(name, getattr(self, name))
@@ -102,6 +140,16 @@ class Config(ChapterConfig):
             if getattr(self, name) > n_images:
                 raise checks.ConfigError(f"{name}={getattr(self, name)} exceeds the {n_images} training images used "
                                          "(n_train)")
+        if self.n_draws < 2:
+            raise checks.ConfigError(f"n_draws={self.n_draws} must be >= 2 (a spread needs two draws)")
+        if self.n_dense_draws > self.n_draws:
+            raise checks.ConfigError(f"n_dense_draws={self.n_dense_draws} must be <= n_draws={self.n_draws}")
+        checks.int_list("subsample_sizes", self.subsample_sizes, minimum=2)
+        if sorted(set(self.subsample_sizes)) != list(self.subsample_sizes):
+            raise checks.ConfigError(f"subsample_sizes={self.subsample_sizes!r} must be strictly increasing")
+        if self.subsample_sizes[-1] > n_images:
+            raise checks.ConfigError(f"subsample_sizes={self.subsample_sizes!r}: {self.subsample_sizes[-1]} exceeds "
+                                     f"the {n_images} training images used (n_train)")
 
 
 def training_run(config: Config) -> MnistLenetRun:
@@ -140,8 +188,158 @@ def compare_store(config: Config, run: MnistLenetRun) -> ResultStore:
                        dict(run=run.store.key, compare_samples=config.compare_samples, n_vectors=_COMPARE_VECTORS))
 
 
+_RELATIVE_WINDOW = 10  # neighbouring gaps on each side whose median is the local spacing
+_GN_RANK_RTOL = 1e-10  # numerical rank: eigenvalues above this times the largest (float64 rounding ~1e-12 here)
+_DRAW_SEED = 10_000  # draw i uses the permutation seeded by config.seed + _DRAW_SEED + i (independent of seed + 1)
+_CHUNK = 250  # images per structured Hessian / Gauss-Newton chunk (bounds the per-sample Jacobian's memory)
+
+
+def draws_store(config: Config, run: MnistLenetRun) -> ResultStore:
+    """Where the independent-draw results live (``top_{step:07d}_{i:03d}``: λ_max by Lanczos of draw ``i``;
+    ``dense_{step:07d}_{i:03d}``: its full spectrum), keyed by the run and the draw size only, so more draws or
+    checkpoints reuse the ones already computed."""
+    return ResultStore(config.results_dir, "mnist_lenet_draws",
+                       dict(run=run.store.key, hessian_samples=config.hessian_samples, draw_seed=_DRAW_SEED))
+
+
+def sizes_store(config: Config, run: MnistLenetRun) -> ResultStore:
+    """Where the nested-subsample spectra of the final checkpoint live (``sizes_{step:07d}``), keyed by the run
+    and the sizes."""
+    return ResultStore(config.results_dir, "mnist_lenet_sizes",
+                       dict(run=run.store.key, subsample_sizes=list(config.subsample_sizes), chunk=_CHUNK))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Small pieces of analysis (tested in tests/book/test_chapter_mnist_lenet.py)
+
+
+def near_zero_share(eigenvalues: np.ndarray, tol: float = NEAR_ZERO) -> float:
+    """The share (in [0, 1]) of eigenvalues with ``|λ| < tol`` (the seed's near-zero bulk at ``tol = 0.01``)."""
+    return float(np.mean(np.abs(np.asarray(eigenvalues)) < tol))
+
+
+def central_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` range of ``values`` (the 2.5 and 97.5 % quantiles at 0.95, linear interpolation)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        raise ValueError("a spread needs at least two values")
+    q = (1 - level) / 2
+    return float(np.quantile(values, q)), float(np.quantile(values, 1 - q))
+
+
+def spread_verdict(value: float, values: np.ndarray, *, judged: bool = True, level: float = 0.95) -> str:
+    """Where ``value`` sits against the central ``level`` range of ``values``: ``"lies inside the range"``,
+    ``"lies above the range"`` or ``"lies below the range"``; ``"is not judged (smoke run)"`` when ``judged`` is
+    false."""
+    if not judged:
+        return "is not judged (smoke run)"
+    low, high = central_interval(values, level)
+    where = "above" if value > high else "below" if value < low else "inside"
+    return f"lies {where} the range"
+
+
+def rank_bound(n_samples: int, n_classes: int = N_CLASSES) -> int:
+    """The Gauss–Newton part's rank bound for a softmax cross-entropy: ``N (C − 1)`` (each sample's ``Λ`` block
+    ``diag(p) − p pᵀ`` has rank ``C − 1``)."""
+    return n_samples * (n_classes - 1)
+
+
+def relative_gaps(eigenvalues: np.ndarray, *, window: int = 10) -> np.ndarray:
+    """Each gap between consecutive sorted eigenvalues divided by the local spacing around it.
+
+    ``g_i = λ_(i+1) − λ_i``; the local spacing is the median of the other gaps ``g_j`` with ``0 < |j − i| <=
+    window`` (fewer at the ends). Returns ``ndarray[n − 1]`` aligned with ``g``; ``inf`` where the local spacing is
+    0 and the gap is not, ``nan`` where both are 0 (ties inside ties).
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=float))
+    if len(lam) < 3 or window < 1:
+        raise ValueError(f"need at least 3 eigenvalues and window >= 1 (got {len(lam)}, {window})")
+    g = np.diff(lam)
+    n = len(g)
+    spacing = np.empty(n)
+    for i in range(n):
+        neighbours = np.concatenate([g[max(0, i - window):i], g[i + 1:i + 1 + window]])
+        spacing[i] = np.median(neighbours)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return g / spacing
+
+
+def largest_relative_gaps(eigenvalues: np.ndarray, *, window: int = 10, top: int = 5, tol: float = NEAR_ZERO,
+                          floor: float = 0.0) -> pd.DataFrame:
+    """The ``top`` largest finite relative gaps (:func:`relative_gaps`) inside the near-zero bulk: both ends with
+    ``floor < |λ| < tol`` (``floor``: the rounding level, below which gaps are noise) and on the same side of 0.
+    One row each with the relative gap, the gap, where it sits (lower and upper eigenvalue) and how many
+    eigenvalues lie above it."""
+    lam = np.sort(np.asarray(eigenvalues, dtype=float))
+    rel = relative_gaps(lam, window=window)
+    lo, hi = lam[:-1], lam[1:]
+    inside = ((np.abs(lo) < tol) & (np.abs(hi) < tol) & (np.abs(lo) > floor) & (np.abs(hi) > floor)
+              & (np.sign(lo) == np.sign(hi)) & np.isfinite(rel))
+    index = np.flatnonzero(inside)
+    order = index[np.argsort(-rel[index], kind="stable")][:top]
+    return pd.DataFrame(dict(relative_gap=rel[order], gap=lam[order + 1] - lam[order], lower=lam[order],
+                             upper=lam[order + 1], n_above=len(lam) - 1 - order))
+
+
+def n_outliers(eigenvalues: np.ndarray, *, search: int = 180) -> int:
+    """Outliers separated from the bulk: the number of eigenvalues above the largest *ratio* gap
+    ``λ_(i+1) / λ_i`` among the ``search`` largest positive eigenvalues (default ``2 C (C − 1)``, twice Papyan's
+    ``C(C − 1)`` cross-class outliers, so the rule can find either of his counts)."""
+    lam = np.sort(np.asarray(eigenvalues, dtype=float))
+    top = lam[lam > 0][-search:]
+    if len(top) < 2:
+        raise ValueError("need at least two positive eigenvalues")
+    ratios = top[1:] / top[:-1]
+    return int(len(top) - 1 - np.argmax(ratios))
+
+
+def papyan_word(n: int, n_classes: int = N_CLASSES) -> str:
+    """How an outlier count compares with Papyan's ``C`` and ``C(C − 1)``: ``"equals C"``, ``"equals C(C − 1)"``,
+    or ``"is closer to C"`` / ``"is closer to C(C − 1)"`` (by ratio, i.e. on a log scale; a tie counts as C)."""
+    c, cc = n_classes, n_classes * (n_classes - 1)
+    if n == c:
+        return "equals C"
+    if n == cc:
+        return "equals C(C − 1)"
+    if n <= 0:
+        return "is closer to C"
+    return "is closer to C" if abs(np.log(n / c)) <= abs(np.log(n / cc)) else "is closer to C(C − 1)"
+
+
+def direction(low: float, high: float, *, judged: bool = True, up: str, down: str, flat: str) -> str:
+    """:func:`hessian_book.glue.direction_word` of an interval, or ``"is not judged (smoke run)"``."""
+    if not judged:
+        return "is not judged (smoke run)"
+    return direction_word(low, high, up=up, down=down, flat=flat)
+
+
+def layer_shares(vectors: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray:
+    """``ndarray[k, n_groups]``: the share of each column's squared norm in each parameter group (rows sum to 1)."""
+    V = np.asarray(vectors, dtype=float)
+    out = np.zeros((V.shape[1], n_groups))
+    for g in range(n_groups):
+        out[:, g] = (V[labels == g] ** 2).sum(axis=0)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def chunked_sum(matrix_of: Any, inputs: Tensor, labels: Tensor, bounds: list[int], chunk: int,
+                reduce: Any = None) -> list[Any]:
+    """``reduce(M_b)`` for the matrix ``M_b`` of the *mean* loss on each prefix ``[0, b)``, ``b`` in ``bounds``
+    (ascending), from one pass over chunks of at most ``chunk`` samples: ``M(prefix) = Σ_k n_k M(chunk_k) / N``
+    (exact for a loss that is a mean over independent samples). ``matrix_of((x, y)) -> Tensor[P, P]``;
+    ``reduce`` defaults to the numpy matrix."""
+    total, done, out = None, 0, []
+    for b in bounds:
+        for start in range(done, b, chunk):
+            stop = min(b, start + chunk)
+            part = matrix_of((inputs[start:stop], labels[start:stop])) * (stop - start)
+            total = part if total is None else total + part
+            del part
+        done = b
+        mean = total / b
+        out.append(mean.numpy() if reduce is None else reduce(mean))
+        del mean
+    return out
 
 
 def spread_indices(n: int, k: int) -> list[int]:
@@ -204,9 +402,20 @@ class Result:
         subsample_comparison: per compared checkpoint and subsample size, statistics of the spectrum.
         conv1_filters: the trained first-layer filters ``ndarray[out, 1, k, k]``.
         spectra_dir: the directory of the spectra's store (the dendrogram GIF is written there).
-        timings: wall seconds of ``train`` (optimiser steps), ``hessians``, ``eigendecompositions`` and
-            ``larger_subsample`` (Hessians and eigendecompositions on ``compare_samples`` images), as measured
-            when each was computed (read back from the store on a rerun).
+        timings: wall seconds of ``train`` (optimiser steps), ``hessians``, ``eigendecompositions``,
+            ``larger_subsample`` (Hessians and eigendecompositions on ``compare_samples`` images), ``draws`` (the
+            independent draws) and ``sizes`` (the nested subsample sizes with their Gauss–Newton parts), as
+            measured when each was computed (read back from the store on a rerun).
+        draws: one row per draw checkpoint and draw: ``step, draw, lambda_max`` (Lanczos) and, for the first
+            ``n_dense_draws`` draws, ``largest_gap, near_zero`` (share, %) and ``n_above_gap`` from the dense
+            spectrum (NaN otherwise).
+        draw_eigenvalues: ``step -> ndarray[n_dense_draws, P]`` the draws' dense spectra.
+        sizes: one row per subsample size at the final checkpoint: the Hessian's near-zero share, λ_max, largest
+            gap, outliers, and its Gauss–Newton part's near-zero share and numerical rank against the bound.
+        size_eigenvalues, gn_eigenvalues: ``N -> ndarray[P]`` spectra of the Hessian and of its Gauss–Newton part.
+        gn_relative_difference: ``||H − G||_F / ||H||_F`` at the largest size.
+        top_vectors, bottom_vectors: the final checkpoint's stored eigenvectors (``ndarray[P, n_vectors]``).
+        layer_labels, layer_names: :func:`hessian_core.parameter_labels` of the model (by layer).
     """
 
     config: Config
@@ -220,6 +429,21 @@ class Result:
     conv1_filters: np.ndarray
     spectra_dir: Path
     timings: dict[str, float]
+    draws: pd.DataFrame = field(default_factory=pd.DataFrame)
+    draw_eigenvalues: dict = field(default_factory=dict)
+    sizes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    size_eigenvalues: dict = field(default_factory=dict)
+    gn_eigenvalues: dict = field(default_factory=dict)
+    gn_relative_difference: float = float("nan")
+    top_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    bottom_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    layer_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    layer_names: list = field(default_factory=list)
+
+    @property
+    def judged(self) -> bool:
+        """Whether the run renders verdicts (not at the smoke preset)."""
+        return self.config.preset != "smoke"
 
     @property
     def steps(self) -> np.ndarray:
@@ -304,6 +528,135 @@ class Result:
             big_frac_small=100 * np.mean(np.abs(big) < 0.01),
             ratio_min=min(ratios),
             ratio_max=max(ratios),
+            negative_word=("are not only rounding noise" if final["n_negative_tol"] > 0
+                           else "are all at the level of rounding"),
+            **(self._analysis_glued() if len(self.draws) else {}),
+        )
+
+    def draw_summary(self) -> pd.DataFrame:
+        """Per draw checkpoint: the draws' median and central 95 % range of λ_max, largest gap, near-zero share
+        (%) and eigenvalues above the largest gap, next to the chapter's own subsample."""
+        index = {int(s): i for i, s in enumerate(self.steps)}
+        rows = []
+        for step, group in self.draws.groupby("step"):
+            own = self.eigenvalues[index[int(step)]]
+            own_values = dict(lambda_max=float(own[-1]), largest_gap=float(spectral_gaps(own, top=1)[0, 0]),
+                              near_zero=100 * near_zero_share(own), n_above_gap=n_above_largest_gap(own))
+            for name, values in (("λ_max", group["lambda_max"]), ("largest gap", group["largest_gap"]),
+                                 ("near-zero share (%)", group["near_zero"]),
+                                 ("eigenvalues above the largest gap", group["n_above_gap"])):
+                values = values.dropna().to_numpy(dtype=float)
+                key = {"λ_max": "lambda_max", "largest gap": "largest_gap", "near-zero share (%)": "near_zero",
+                       "eigenvalues above the largest gap": "n_above_gap"}[name]
+                low, high = central_interval(values) if len(values) >= 2 else (float("nan"), float("nan"))
+                rows.append(dict(step=int(step), quantity=name, draws=len(values), median=float(np.median(values)),
+                                 low=low, high=high, chapter_subsample=own_values[key]))
+        return pd.DataFrame(rows)
+
+    def layer_share_table(self, k: int = 10) -> pd.DataFrame:
+        """The share (%) of each of the ``k`` top eigenvectors' squared norm in each layer, and the layers' share
+        of the parameters (what a random direction would have)."""
+        k = min(k, self.top_vectors.shape[1])
+        shares = 100 * layer_shares(self.top_vectors[:, :k], self.layer_labels, len(self.layer_names))
+        lam = self.eigenvalues[-1][::-1][:k]
+        table = pd.DataFrame(shares, columns=self.layer_names,
+                             index=pd.Index([f"{i + 1}: λ = {v:.3g}" for i, v in enumerate(lam)],
+                                            name="top eigenvector"))
+        table.loc["parameters"] = 100 * np.bincount(self.layer_labels, minlength=len(self.layer_names)) / len(
+            self.layer_labels)
+        return table
+
+    def relative_gap_table(self) -> pd.DataFrame:
+        """The largest relative gaps inside the near-zero bulk (above rounding level) of the final checkpoint's
+        Hessian on ``hessian_samples`` images and on the largest subsample size."""
+        parts = []
+        spectra = [(self.config.hessian_samples, self.eigenvalues[-1])]
+        if self.size_eigenvalues:
+            n = max(self.size_eigenvalues)
+            spectra.append((n, self.size_eigenvalues[n]))
+        for n, lam in spectra:
+            table = largest_relative_gaps(lam, window=_RELATIVE_WINDOW, floor=spectrum_stats(lam)["zero_tol"])
+            parts.append(table.assign(images=n))
+        return pd.concat(parts, ignore_index=True)[["images", "relative_gap", "gap", "lower", "upper", "n_above"]]
+
+    def _analysis_glued(self) -> dict[str, Any]:
+        """The glued numbers and words of the draws, the subsample sizes and the Gauss–Newton comparison."""
+        judged = self.judged
+        final = int(self.draws["step"].max())
+        at = self.draws[self.draws["step"] == final]
+        lmax = at["lambda_max"].to_numpy(dtype=float)
+        gaps = at["largest_gap"].dropna().to_numpy(dtype=float)
+        zeros = at["near_zero"].dropna().to_numpy(dtype=float)
+        lmax_lo, lmax_hi = central_interval(lmax)
+        dense_ok = len(gaps) >= 2
+        gap_lo, gap_hi = central_interval(gaps) if dense_ok else (float("nan"),) * 2
+        zero_lo, zero_hi = central_interval(zeros) if dense_ok else (float("nan"),) * 2
+        relative_lmax = (lmax_hi - lmax_lo) / np.median(lmax)
+        relative_zero = (zero_hi - zero_lo) / np.median(zeros) if dense_ok else float("nan")
+        own = self.eigenvalues[-1]
+        sizes = self.sizes
+        n_small, n_big = int(sizes["images"].iloc[0]), int(sizes["images"].iloc[-1])
+        big = self.size_eigenvalues[n_big]
+        outliers = n_outliers(big)
+        zero_small, zero_big = float(sizes["near_zero"].iloc[0]), float(sizes["near_zero"].iloc[-1])
+        P = len(own)
+        rel = self.relative_gap_table()
+        rel_small = rel[rel["images"] == self.config.hessian_samples]
+        rel_big = rel[rel["images"] == n_big]
+        top_share = layer_shares(self.top_vectors[:, :1], self.layer_labels, len(self.layer_names))[0]
+        layer_of_top = self.layer_names[int(np.argmax(top_share))]
+        param_share = np.bincount(self.layer_labels, minlength=len(self.layer_names)) / len(self.layer_labels)
+        seed = SEED_REPORTED
+        return dict(
+            seed_source=SEED_SOURCE,
+            n_draws=self.config.n_draws, n_dense_draws=self.config.n_dense_draws, draw_step=final,
+            n_draw_checkpoints=int(self.draws["step"].nunique()),
+            draw_lmax_median=float(np.median(lmax)), draw_lmax_lo=lmax_lo, draw_lmax_hi=lmax_hi,
+            draw_gap_lo=gap_lo, draw_gap_hi=gap_hi, draw_zero_lo=zero_lo, draw_zero_hi=zero_hi,
+            seed_lambda_max=seed["lambda_max"], seed_gap1=seed["gap1"], seed_frac_small=seed["frac_small"],
+            seed_lmax_verdict=spread_verdict(seed["lambda_max"], lmax, judged=judged),
+            seed_gap_verdict=(spread_verdict(seed["gap1"], gaps, judged=judged) if dense_ok
+                              else "is not judged (fewer than two dense draws)"),
+            seed_zero_verdict=(spread_verdict(seed["frac_small"], zeros, judged=judged) if dense_ok
+                               else "is not judged (fewer than two dense draws)"),
+            own_lmax_verdict=spread_verdict(float(own[-1]), lmax, judged=judged),
+            relative_spread_lmax=100 * relative_lmax, relative_spread_zero=100 * relative_zero,
+            bulk_sentence=("no verdict on which is more sensitive at the smoke preset" if not judged or not dense_ok
+                           else "the bulk is less sensitive to the choice of images than the top of the spectrum"
+                           if relative_zero < relative_lmax else
+                           "the bulk is at least as sensitive to the choice of images as the top of the spectrum"),
+            n_vectors_glue=self.config.n_vectors,
+            # subsample sizes and the rank bound
+            n_classes=N_CLASSES, n_parameters=P, size_small=n_small, size_big=n_big,
+            rank_bound_small=rank_bound(n_small), rank_share_small=100 * rank_bound(n_small) / P,
+            rank_share_hessian=100 * rank_bound(self.config.hessian_samples) / P,
+            rank_bound_hessian=rank_bound(self.config.hessian_samples),
+            zero_small=zero_small, zero_big=zero_big,
+            zero_vs_n_word=direction(zero_big - zero_small, zero_big - zero_small, judged=judged,
+                                     up="rises", down="falls", flat="does not change"),
+            lmax_small_size=float(sizes["lambda_max"].iloc[0]), lmax_big_size=float(sizes["lambda_max"].iloc[-1]),
+            gn_rank_big=int(sizes["gn_rank"].iloc[-1]), gn_bound_big=int(sizes["gn_rank_bound"].iloc[-1]),
+            gn_rank_small=int(sizes["gn_rank"].iloc[0]), gn_bound_small=int(sizes["gn_rank_bound"].iloc[0]),
+            gn_rank_word=("equals" if (sizes["gn_rank"] == sizes["gn_rank_bound"]).all() else "does not always equal"),
+            gn_rel_diff=100 * self.gn_relative_difference,
+            gn_lmax_big=float(self.gn_eigenvalues[n_big][-1]), gn_lmin_big=float(self.gn_eigenvalues[n_big][0]),
+            gn_zero_big=100 * near_zero_share(self.gn_eigenvalues[n_big]),
+            # outliers
+            n_outliers_big=outliers, papyan_c=N_CLASSES, papyan_cc=N_CLASSES * (N_CLASSES - 1),
+            papyan_word=papyan_word(outliers) if judged else "is not compared (smoke run)",
+            big_n_above_gap_size=n_above_largest_gap(big),
+            # eigenvectors by layer
+            top_layer=layer_of_top, top_layer_share=100 * float(top_share.max()),
+            top_layer_param_share=100 * float(param_share[int(np.argmax(top_share))]),
+            # relative gaps in the bulk
+            rel_window=_RELATIVE_WINDOW,
+            rel_gap_small=float(rel_small["relative_gap"].iloc[0]) if len(rel_small) else float("nan"),
+            rel_gap_small_at=float(rel_small["upper"].iloc[0]) if len(rel_small) else float("nan"),
+            rel_gap_small_above=int(rel_small["n_above"].iloc[0]) if len(rel_small) else 0,
+            rel_gap_big=float(rel_big["relative_gap"].iloc[0]) if len(rel_big) else float("nan"),
+            rel_gap_big_at=float(rel_big["upper"].iloc[0]) if len(rel_big) else float("nan"),
+            rel_gap_big_above=int(rel_big["n_above"].iloc[0]) if len(rel_big) else 0,
+            seconds_draws=self.timings.get("draws", 0.0), seconds_sizes=self.timings.get("sizes", 0.0),
         )
 
 
@@ -333,6 +686,38 @@ def run(config: Config, *, progress: bool | None = None) -> Result:
                for step in tqdm(compare_steps, desc=f"Hessians on {config.compare_samples} images",
                                 disable=not show)}
 
+    # Independent draws of hessian_samples images at a few checkpoints (the last included).
+    draws_at = draws_store(config, train)
+    draw_steps = [checkpoints[i] for i in spread_indices(len(checkpoints), config.n_draw_checkpoints)]
+    if checkpoints[-1] not in draw_steps:
+        draw_steps.append(checkpoints[-1])
+    draw_rows, draw_eigenvalues, draw_seconds = [], {}, 0.0
+    jobs = [(step, i) for step in draw_steps for i in range(config.n_draws)]
+    models: dict[int, nn.Module] = {}
+    for step, i in tqdm(jobs, desc="independent draws", disable=not show):
+        model = models[step] if step in models else models.setdefault(step, train.model_at(step))
+        batch_i = hessian_subsample(*train.train, config.hessian_samples, config.seed + _DRAW_SEED + i)
+        top = draws_at.cached(f"top_{step:07d}_{i:03d}", lambda: _draw_top(model, batch_i))
+        row = dict(step=int(step), draw=i, lambda_max=top["lambda_max"], largest_gap=np.nan, near_zero=np.nan,
+                   n_above_gap=np.nan)
+        draw_seconds += top["seconds"]
+        if i < config.n_dense_draws and step == checkpoints[-1]:
+            spec = draws_at.cached(f"dense_{step:07d}_{i:03d}", lambda: _draw_dense(model, batch_i))
+            lam = spec["eigenvalues"]
+            draw_eigenvalues.setdefault(int(step), []).append(lam)
+            row.update(largest_gap=float(spectral_gaps(lam, top=1)[0, 0]), near_zero=100 * near_zero_share(lam),
+                       n_above_gap=n_above_largest_gap(lam))
+            draw_seconds += spec["seconds"]
+        draw_rows.append(row)
+
+    # Nested subsample sizes at the final checkpoint, with the Gauss-Newton part.
+    final_model = train.model_at(checkpoints[-1])
+    size_batch = hessian_batch(config, config.subsample_sizes[-1], run=train)
+    with tqdm(total=1, desc=f"Hessians on up to {config.subsample_sizes[-1]} images", disable=not show) as bar:
+        sized = sizes_store(config, train).cached(
+            f"sizes_{checkpoints[-1]:07d}", lambda: _size_spectra(final_model, size_batch, config.subsample_sizes))
+        bar.update(1)
+
     eigenvalues = [dense[s].eigenvalues for s in checkpoints]
     curves = pd.DataFrame([{k: r[k] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
                            for r in records])
@@ -342,14 +727,77 @@ def run(config: Config, *, progress: bool | None = None) -> Result:
         hessians=float(sum(dense[s].seconds_hessian for s in checkpoints)),
         eigendecompositions=float(sum(dense[s].seconds_eig for s in checkpoints)),
         larger_subsample=float(sum(compare[s].seconds_hessian + compare[s].seconds_eig for s in compare_steps)),
+        draws=float(draw_seconds),
+        sizes=float(sized["seconds"]),
     )
+    labels, names = parameter_labels(final_model, by="layer")
+    names = [f"{type(final_model[int(n)]).__name__} {n}" if n.isdigit() else n for n in names]
+    P = len(labels)
+    size_rows = []
+    for n, lam_h, lam_g in zip(config.subsample_sizes, sized["hessian"], sized["gauss_newton"]):
+        size_rows.append(dict(
+            images=int(n), near_zero=100 * near_zero_share(lam_h), lambda_max=float(lam_h[-1]),
+            largest_gap=float(spectral_gaps(lam_h, top=1)[0, 0]), n_above_gap=n_above_largest_gap(lam_h),
+            outliers=n_outliers(lam_h), gn_near_zero=100 * near_zero_share(lam_g),
+            gn_rank=int((lam_g > _GN_RANK_RTOL * lam_g[-1]).sum()), gn_rank_bound=min(P, rank_bound(int(n))),
+            bound_share=100 * min(P, rank_bound(int(n))) / P))
     return Result(
         config=config, curves=curves, eigenvalues=eigenvalues, stats=stats, compare_steps=compare_steps,
         compare_eigenvalues={s: compare[s].eigenvalues for s in compare_steps},
         seed_comparison=_seed_comparison(int(checkpoints[-1]), float(curves["test_acc"].iloc[-1]), eigenvalues[-1]),
         subsample_comparison=_subsample_comparison(config, compare_steps, dense, compare),
         conv1_filters=train.model_at(checkpoints[-1])[0].weight.detach().numpy(),
-        spectra_dir=spectra.directory, timings=timings)
+        spectra_dir=spectra.directory, timings=timings,
+        draws=pd.DataFrame(draw_rows), draw_eigenvalues={s: np.array(v) for s, v in draw_eigenvalues.items()},
+        sizes=pd.DataFrame(size_rows),
+        size_eigenvalues=dict(zip(config.subsample_sizes, sized["hessian"])),
+        gn_eigenvalues=dict(zip(config.subsample_sizes, sized["gauss_newton"])),
+        gn_relative_difference=float(sized["relative_difference"]),
+        top_vectors=dense[checkpoints[-1]].top_vectors, bottom_vectors=dense[checkpoints[-1]].bottom_vectors,
+        layer_labels=labels, layer_names=names)
+
+
+def _draw_top(model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, float]:
+    """λ_max of the Hessian on ``batch`` by Lanczos (relative residual 1e-6), timed."""
+    with timed() as timer:
+        value = top_eigenvalue(hessian_operator(model, nn.CrossEntropyLoss(), batch), tol=1e-6, progress=False)
+    return dict(lambda_max=float(value), seconds=timer.seconds)
+
+
+def _draw_dense(model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    """All eigenvalues of the exact Hessian on ``batch`` (values only), timed."""
+    with timed() as timer:
+        H = full_hessian(model, nn.CrossEntropyLoss(), batch, progress=False)
+        lam = torch.linalg.eigvalsh(H).numpy()
+    return dict(eigenvalues=lam, seconds=timer.seconds)
+
+
+def _size_spectra(model: nn.Module, batch: tuple[Tensor, Tensor], sizes: list[int]) -> dict[str, Any]:
+    """The spectra of the Hessian and of its Gauss–Newton part on each prefix of ``batch`` of the given sizes
+    (chunks of ``_CHUNK`` images, :func:`chunked_sum`), and ``||H − G||_F / ||H||_F`` at the largest."""
+    loss = nn.CrossEntropyLoss()
+    held: dict[str, Tensor] = {}
+
+    def keep_last_h(M: Tensor) -> np.ndarray:
+        held["H"] = M.clone()
+        return torch.linalg.eigvalsh(M).numpy()
+
+    with timed() as timer:
+        h = chunked_sum(lambda b: full_hessian(model, loss, b, progress=False), *batch, list(sizes), _CHUNK,
+                        keep_last_h)
+        H = held.pop("H")
+        g_matrices: list[float] = []
+
+        def eig_g(M: Tensor) -> np.ndarray:
+            if len(g_matrices) == len(sizes) - 1:  # the largest size
+                g_matrices.append(float(torch.linalg.matrix_norm(H - M) / torch.linalg.matrix_norm(H)))
+            else:
+                g_matrices.append(float("nan"))
+            return torch.linalg.eigvalsh(M).numpy()
+
+        g = chunked_sum(lambda b: gauss_newton(model, loss, b), *batch, list(sizes), _CHUNK, eig_g)
+        del H
+    return dict(hessian=h, gauss_newton=g, relative_difference=g_matrices[-1], seconds=timer.seconds)
 
 
 def _seed_comparison(final_step: int, test_acc: float, lam: np.ndarray) -> pd.DataFrame:
@@ -451,3 +899,95 @@ def plot_gap_barcode(result: Result, *, top: int = 10) -> Figure:
 def plot_conv_filters(result: Result) -> Figure:
     """The trained conv1 filters."""
     return plots.plot_conv_filters(result.conv1_filters)
+
+
+def plot_draws(result: Result) -> Figure:
+    """λ_max of the independent draws at each draw checkpoint (points), their central 95 % range (bar), the
+    chapter's own subsample (cross) and the seed's reported value (line); and at the final checkpoint, the
+    dense draws' largest gap and near-zero share against the seed's."""
+    draws = result.draws
+    steps = sorted(draws["step"].unique())
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    index = {int(s): i for i, s in enumerate(result.steps)}
+    for k, step in enumerate(steps):
+        values = draws.loc[draws["step"] == step, "lambda_max"].to_numpy()
+        axes[0].plot(np.full(len(values), k) + np.linspace(-0.15, 0.15, len(values)), values, ".", color="C0")
+        low, high = central_interval(values)
+        axes[0].plot([k, k], [low, high], "-", color="C0", lw=6, alpha=0.3)
+        axes[0].plot(k, result.eigenvalues[index[int(step)]][-1], "x", color="C1", ms=9)
+    axes[0].axhline(SEED_REPORTED["lambda_max"], color="k", ls="--", lw=1, label="seed (final step)")
+    axes[0].set_xticks(range(len(steps)), [f"step {s}" for s in steps])
+    axes[0].set_ylabel("λ_max")
+    axes[0].set_title(f"λ_max over {result.config.n_draws} draws of {result.config.hessian_samples} images")
+    axes[0].legend()
+    final = draws[draws["step"] == steps[-1]]
+    own = result.eigenvalues[-1]
+    for ax, column, seed, own_value, label in (
+            (axes[1], "largest_gap", SEED_REPORTED["gap1"], spectral_gaps(own, top=1)[0, 0], "largest gap"),
+            (axes[2], "near_zero", SEED_REPORTED["frac_small"], 100 * near_zero_share(own), "share |λ| < 0.01 (%)")):
+        values = final[column].dropna().to_numpy()
+        ax.hist(values, bins=max(3, len(values) // 2), color="C0", alpha=0.6, label="draws")
+        ax.axvline(seed, color="k", ls="--", lw=1, label="seed")
+        ax.axvline(own_value, color="C1", lw=1.5, label="this chapter's subsample")
+        ax.set_xlabel(label)
+        ax.set_title(f"final step, {len(values)} dense draws")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sizes(result: Result) -> Figure:
+    """Near-zero share of the Hessian and of its Gauss–Newton part against the subsample size, with the share
+    the rank bound forces to zero in the Gauss–Newton part; and λ_max and the outlier count against the size."""
+    sizes = result.sizes
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    n = sizes["images"].to_numpy()
+    axes[0].plot(n, sizes["near_zero"], "o-", label="Hessian, |λ| < 0.01")
+    axes[0].plot(n, sizes["gn_near_zero"], "s--", label="Gauss–Newton part, |λ| < 0.01")
+    axes[0].plot(n, 100 - sizes["bound_share"], "k:", label="GN zeros forced by rank ≤ N(C − 1)")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("images N")
+    axes[0].set_ylabel("% of eigenvalues")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(n, sizes["lambda_max"], "o-", color="C0", label="λ_max")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("images N")
+    axes[1].set_ylabel("λ_max")
+    twin = axes[1].twinx()
+    twin.plot(n, sizes["outliers"], "s--", color="C3", label="outliers")
+    twin.set_ylabel("outliers", color="C3")
+    axes[1].set_title("final checkpoint")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gauss_newton(result: Result) -> Figure:
+    """The sorted spectra of the Hessian and of its Gauss–Newton part at the largest subsample size
+    (symmetric log scale)."""
+    n = max(result.size_eigenvalues)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for lam, label, style in ((result.size_eigenvalues[n], "Hessian H", "-"),
+                              (result.gn_eigenvalues[n], "Gauss–Newton part G", "--")):
+        ax.plot(np.arange(len(lam)), lam, style, label=label)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("index (ascending)")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(f"final checkpoint, {n} images")
+    ax.legend()
+    return fig
+
+
+def plot_layer_shares(result: Result) -> Figure:
+    """Per layer, the share of each stored top and bottom eigenvector's squared norm (final checkpoint)."""
+    n_groups = len(result.layer_names)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 3.8), sharey=True)
+    for ax, vectors, title in ((axes[0], result.top_vectors, "top eigenvectors (1 = λ_max)"),
+                               (axes[1], result.bottom_vectors, "bottom eigenvectors (1 = λ_min)")):
+        shares = layer_shares(vectors, result.layer_labels, n_groups)
+        image = ax.imshow(shares.T, aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                          extent=(0.5, shares.shape[0] + 0.5, n_groups - 0.5, -0.5))
+        ax.set_yticks(range(n_groups), result.layer_names)
+        ax.set_xlabel("eigenvector")
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes, label="share of squared norm")
+    return fig
