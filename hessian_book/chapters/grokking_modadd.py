@@ -484,6 +484,38 @@ def test_at_twice_memorised(steps: Sequence[int], train_acc: Sequence[float],
     return 100 * float(np.interp(2 * memorised, steps, test_acc))
 
 
+
+
+def recipe_sentence(curve: "RecipeCurves", n_steps: int) -> str:
+    """What one recipe candidate did within its budget, in words built from its curve (no undefined numbers)."""
+    parts = [f"{curve.label}: final train accuracy {100 * curve.train_acc[-1]:.1f} %, test {100 * curve.test_acc[-1]:.1f} %"]
+    if curve.memorised is None:
+        parts.append(f"train accuracy never reaches 99 % within {n_steps} steps")
+    else:
+        parts.append(f"train accuracy reaches 99 % at step {curve.memorised}")
+        if curve.generalised is None:
+            parts.append(f"test accuracy never reaches 95 % within {n_steps} steps")
+        else:
+            parts.append(f"test accuracy reaches 95 % at step {curve.generalised} ({curve.ratio:.1f}× later)")
+        if curve.test2x is not None:
+            parts.append(f"test accuracy at twice the memorisation step {curve.test2x:.1f} %")
+    parts.append("groks by the definition" if curve.groks else "does not grok by the definition")
+    return "; ".join(parts) + "."
+
+
+def plateau_word(levels: Sequence[float], *, p: int, n_test: int, z: float = 3.0) -> str:
+    """Whether memorisation plateaus sit at chance: ``"above chance"`` when every run's plateau test accuracy
+    (``levels``, in [0, 1]) exceeds chance ``1/p`` by more than ``z`` binomial standard errors on ``n_test``
+    pairs, ``"at chance"`` when none does, ``"above chance in some runs"`` otherwise (``""`` without runs)."""
+    levels = [x for x in levels if x is not None and np.isfinite(x)]
+    if not levels:
+        return ""
+    chance = 1 / p
+    bound = chance + z * math.sqrt(chance * (1 - chance) / n_test)
+    above = [x > bound for x in levels]
+    return "above chance" if all(above) else "at chance" if not any(above) else "above chance in some runs"
+
+
 @dataclass(frozen=True)
 class RecipeCurves:
     """One candidate of the recipe search (or the main run): its name, logged curves and grokking events.
@@ -947,6 +979,8 @@ class Result:
                         f"recipe{i}_ratio": _nan(r.ratio), f"recipe{i}_test2x": _nan(r.test2x),
                         f"recipe{i}_groks": "groks" if r.groks else "does not grok",
                         f"recipe{i}_label": r.label})
+        steps_of = [c.recipe_steps] * (len(self.recipe_curves) - 1) + [c.n_steps]
+        out["recipe_sentences"] = " ".join(recipe_sentence(r, n) for r, n in zip(self.recipe_curves, steps_of))
         main = self.main
         out.update(memorised=_nan(main.memorised), generalised=_nan(main.generalised), ratio=_nan(main.ratio),
                    window_start=_nan(self.window["start"]), window_end=_nan(self.window["end"]))
@@ -1016,6 +1050,30 @@ class Result:
             out[f"{name}_n"] = len(x)
             for stat, f in (("median", np.median), ("min", np.min), ("max", np.max)):
                 out[f"{name}_{stat}"] = float(f(x)) if len(x) else float("nan")
+        if out["memorised_n"] == 0:
+            out["replication_sentence"] = (f"No run reaches 99 % train accuracy within {c.n_steps} steps, so no "
+                                           "memorisation or generalisation step, delay ratio or plateau is defined.")
+        else:
+            sentence = (f"Across the runs, train accuracy first reaches 99 % at a median step "
+                        f"{out['memorised_median']:.0f} (range {out['memorised_min']:.0f}–{out['memorised_max']:.0f}, "
+                        f"in {out['memorised_n']} of {len(runs)} runs)")
+            if out["generalised_n"]:
+                sentence += (f", test accuracy reaches 95 % at a median step {out['generalised_median']:.0f} "
+                             f"({out['generalised_min']:.0f}–{out['generalised_max']:.0f}, in "
+                             f"{out['generalised_n']} runs)")
+            else:
+                sentence += ", and test accuracy never reaches 95 %"
+            if out["delay_n"]:
+                sentence += (f", and the delay ratio has median {out['delay_median']:.1f} "
+                             f"({out['delay_min']:.1f}–{out['delay_max']:.1f})")
+            sentence += "."
+            word = plateau_word([r.plateau_level for r in runs], p=c.p,
+                                n_test=c.p * c.p - round(c.train_fraction * c.p * c.p))
+            if out["plateau_n"]:
+                sentence += (f" The median test accuracy on the memorisation plateau is {out['plateau_median']:.1f} % "
+                             f"({out['plateau_min']:.1f}–{out['plateau_max']:.1f} %): {word} (1/p = "
+                             f"{100 / c.p:.2f} %, by more than three binomial standard errors on the test pairs).")
+            out["replication_sentence"] = sentence
         missing = [r for r in runs if not r.groks]
         out["not_grokking"] = ("Every run groks." if not missing else
                                "Not grokking by the definition: " + "; ".join(

@@ -396,3 +396,28 @@ def test_runs_fan_out_to_a_dask_cluster_with_the_serial_results(tmp_path):
         pd.testing.assert_frame_equal(a.curves.drop(columns=[]), b.curves, rtol=1e-12)
         pd.testing.assert_frame_equal(a.progress.drop(columns="seconds"), b.progress.drop(columns="seconds"),
                                       rtol=1e-10)
+
+
+def test_recipe_sentence_says_only_what_is_defined():
+    from hessian_book.chapters.grokking_modadd import RecipeCurves, recipe_sentence
+
+    never = RecipeCurves(label="a", steps=np.array([0, 10]), train_acc=np.array([0.1, 0.5]),
+                         test_acc=np.array([0.0, 0.2]), memorised=None, generalised=None, ratio=None, test2x=None,
+                         groks=False)
+    text = recipe_sentence(never, 10)
+    assert "never reaches 99 % within 10 steps" in text and "nan" not in text.lower()
+    grokked = RecipeCurves(label="b", steps=np.array([0, 100, 600]), train_acc=np.array([0.1, 1.0, 1.0]),
+                           test_acc=np.array([0.0, 0.3, 0.99]), memorised=100, generalised=600, ratio=6.0,
+                           test2x=30.0, groks=True)
+    text = recipe_sentence(grokked, 600)
+    assert "step 100" in text and "step 600 (6.0× later)" in text and "groks by the definition" in text
+
+
+def test_plateau_word_against_binomial_noise():
+    from hessian_book.chapters.grokking_modadd import plateau_word
+
+    # chance 1/113 = 0.885 %; 3 standard errors on 8,938 test pairs: +0.30 %
+    assert plateau_word([0.33, 0.36], p=113, n_test=8938) == "above chance"
+    assert plateau_word([0.0089, 0.0090], p=113, n_test=8938) == "at chance"
+    assert plateau_word([0.0089, 0.33], p=113, n_test=8938) == "above chance in some runs"
+    assert plateau_word([], p=113, n_test=8938) == ""
