@@ -4,6 +4,8 @@
     python book/build.py --preset smoke       # every notebook with preset="smoke" (fast), then the book
     python book/build.py --only core_checks   # execute one notebook (others must have been executed before)
     python book/build.py --golden             # write tests/golden/<name>.ipynb at preset="smoke" for nbval
+    python book/build.py --from-golden        # the smoke book from tests/golden/ (no execution; what CI does
+                                              # after the tests have re-executed those copies with nbval)
     python book/build.py --no-book            # execute only
 
 Notebooks are Jupytext MyST markdown files in ``notebooks/``. papermill cannot read them, so each is converted
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +66,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="execute only these notebooks")
     parser.add_argument("--golden", action="store_true", help="write smoke-preset golden copies for nbval")
     parser.add_argument("--no-book", action="store_true", help="execute notebooks but do not build the HTML")
+    parser.add_argument("--from-golden", action="store_true",
+                        help="build the book from the smoke-preset golden copies in tests/golden/ without executing "
+                             "anything (they must be fresh: the test suite checks that and re-executes them)")
     args = parser.parse_args()
+    cli = Path(sys.executable).with_name("jupyter-book")
+    if not args.golden and not args.no_book and not cli.exists() and shutil.which("jupyter-book") is None:
+        # check the tools before any heavy work (the [test] extra does not install jupyter-book)
+        sys.exit('jupyter-book is not installed here: pip install -e ".[book]" first')
+    if args.from_golden:
+        for name in BOOK_NOTEBOOKS:
+            EXECUTED.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(GOLDEN / f"{name}.ipynb", EXECUTED / f"{name}.ipynb")
+        print(f"copied {len(BOOK_NOTEBOOKS)} golden smoke notebooks into {EXECUTED}", flush=True)
 
     # Notebooks run with cwd notebooks/: make the data location absolute. Default: <repo>/data/mnist.
     os.environ["MNIST_DATA_DIR"] = str(Path(os.environ.get("MNIST_DATA_DIR") or ROOT / "data" / "mnist").resolve())
@@ -71,7 +86,7 @@ def main() -> None:
     unknown = [n for n in names if not (NOTEBOOKS / f"{n}.md").is_file()]
     if unknown:
         sys.exit(f"--only: no notebooks/<name>.md for {unknown}")
-    for name in names:
+    for name in [] if args.from_golden else names:
         if args.golden:
             seconds = execute(name, GOLDEN / f"{name}.ipynb", {"preset": "smoke"})
         else:
@@ -84,7 +99,6 @@ def main() -> None:
     if missing:
         sys.exit(f"not executed yet: {missing}; run without --only first")
     # The CLI installed beside this interpreter (jupyter_book 1.x has no ``python -m`` entry point).
-    cli = Path(sys.executable).with_name("jupyter-book")
     subprocess.run([str(cli) if cli.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(ROOT)],
                    check=True)
     print(f"book: {ROOT / '_build' / 'html' / 'index.html'}")
