@@ -24,14 +24,6 @@ def _notebook_cells(tag: str | None = None) -> list:
     return cells if tag is None else [c for c in cells if tag in c.metadata.get("tags", [])]
 
 
-def test_defaults_equal_the_notebook_parameters_cell():
-    (cell,) = _notebook_cells("parameters")
-    parameters: dict = {}
-    exec(cell.source, {}, parameters)
-    defaults = core_checks.Config.defaults()
-    assert set(parameters) == set(defaults)
-    for name, value in defaults.items():
-        assert parameters[name] == value, name
 
 
 def test_notebook_defines_no_functions_and_glues_what_the_result_produces():

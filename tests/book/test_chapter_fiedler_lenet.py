@@ -3,7 +3,6 @@ errors before any work) and the reading of a tree (top cuts inside the largest c
 
 from pathlib import Path
 
-import jupytext
 import numpy as np
 import pytest
 
@@ -18,22 +17,8 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "fiedler_lenet.md
 NESTED = {"mnist": mnist_lenet.Config, "grokking": grokking_modadd.Config}
 
 
-def _parameters_cell() -> dict:
-    cells = [c for c in jupytext.read(NOTEBOOK).cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    namespace: dict = {}
-    exec(cells[0].source, namespace)
-    return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
-def test_defaults_equal_the_notebooks_parameters_cell():
-    cell, defaults = _parameters_cell(), Config.defaults()
-    assert set(cell) == set(defaults)
-    for name, default in defaults.items():
-        if name in NESTED:  # the notebook holds overrides of the other chapter's defaults: none
-            assert cell[name] == {} and default == NESTED[name](), name
-        else:
-            assert cell[name] == default, name
 
 
 def test_presets_build_and_pass_down_to_the_chapters_read():

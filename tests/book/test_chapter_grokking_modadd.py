@@ -29,23 +29,10 @@ def _notebook_glue_names() -> set[str]:
             for name in re.findall(r"\{glue:text\}`([A-Za-z0-9_]+)", c.source)}
 
 
-def _notebook_parameters() -> dict:
-    notebook = jupytext.read(ROOT / "notebooks" / "grokking_modadd.md")
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    values: dict = {}
-    exec(cells[0].source, {}, values)
-    return values
 
 
 # ------------------------------------------------------------------------------------------------- configuration
 
-def test_defaults_equal_the_notebook_parameters_cell():
-    parameters = _notebook_parameters()
-    defaults = grokking_modadd.Config.defaults()
-    assert set(parameters) == set(defaults)
-    for name, value in defaults.items():
-        assert parameters[name] == value, name
 
 
 @pytest.mark.parametrize("name, value", [

@@ -5,7 +5,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import jupytext
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -51,23 +50,10 @@ ANALYSIS_NAMES = {
 }
 
 
-def _notebook_parameters() -> dict:
-    notebook = jupytext.read(ROOT / "notebooks" / "mnist_lenet.md")
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    values: dict = {}
-    exec(cells[0].source, {}, values)
-    return values
 
 
 # ------------------------------------------------------------------------------------------------- configuration
 
-def test_defaults_equal_the_notebook_parameters_cell():
-    parameters = _notebook_parameters()
-    defaults = mnist_lenet.Config.defaults()
-    assert set(parameters) == set(defaults)
-    for name, value in defaults.items():
-        assert parameters[name] == value, name
 
 
 @pytest.mark.parametrize("name, value", [

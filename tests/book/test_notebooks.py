@@ -36,3 +36,37 @@ def test_golden_copy_ran_the_smoke_preset(source):
     checked = [c for c in golden.cells if "nbval-check-output" in c.metadata.get("tags", [])]
     assert checked, "a golden notebook must tag at least one cell nbval-check-output"
     assert all(c.outputs for c in checked)
+
+
+CHAPTERS = [s.stem for s in SOURCES]
+
+
+def _parameters_cell(name: str) -> dict:
+    cells = [c for c in jupytext.read(ROOT / "notebooks" / f"{name}.md").cells
+             if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{name}: exactly one cell tagged parameters"
+    values: dict = {}
+    exec(cells[0].source, {}, values)
+    return values
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_parameters_cell_lists_the_chapter_config_with_its_defaults(name):
+    """A reader changes a chapter through its parameters cell: it must name every Config field, with the default."""
+    import importlib
+
+    module = importlib.import_module(f"hessian_book.chapters.{name}")
+    parameters = _parameters_cell(name)
+    assert set(parameters) == set(module.Config.field_names())
+    assert module.Config.from_parameters(parameters) == module.Config()
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_notebook_defines_no_functions_or_classes(name):
+    import ast
+
+    for cell in jupytext.read(ROOT / "notebooks" / f"{name}.md").cells:
+        if cell.cell_type == "code":
+            nodes = ast.walk(ast.parse(cell.source))
+            assert not [n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))], (
+                f"{name}: logic belongs in hessian_book.chapters.{name}, not in the notebook:\n{cell.source}")
