@@ -6,8 +6,11 @@ Shared pieces, one job per module:
   and MLP;
 * ``store``, ``training``, ``runs`` -- the parameter-keyed, checksummed results store; resumable training loops;
   the training runs the chapters share;
-* ``measure``, ``sharpness``, ``curves``, ``fourier`` -- per-checkpoint Hessian measurements; Adam-preconditioned
-  sharpness; events read off training curves; Fourier tools for modular addition;
+* ``measure``, ``sharpness``, ``curves`` -- per-checkpoint Hessian measurements; Adam-preconditioned sharpness;
+  events read off training curves;
+* ``fourier``, ``circuit`` -- Fourier tools for modular addition; Nanda et al.'s progress measures of its circuit;
+* ``stats``, ``sampling``, ``spikes`` -- hierarchical bootstrap of phase differences over seeds; stratified
+  Hessian subsamples; training-loss spikes;
 * ``config``, ``fanout``, ``progress``, ``glue``, ``plots`` -- chapter configurations; running independent
   tasks on local processes or a Dask cluster; progress bars; glued numbers and words; figures.
 

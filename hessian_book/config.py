@@ -164,10 +164,6 @@ class ChapterConfig:
                 values[f.name] = nested
         return cls(**values)
 
-    def parameters(self) -> dict[str, Any]:
-        """The fields as plain values (nested configurations as dicts), e.g. for a results key or a table."""
-        return _plain(self)
-
 
 def nested(kind: type[ChapterConfig]) -> Any:
     """A field holding another chapter's configuration (its defaults unless overridden)::
@@ -175,14 +171,6 @@ def nested(kind: type[ChapterConfig]) -> Any:
         mnist: mnist_lenet.Config = nested(mnist_lenet.Config)
     """
     return dataclasses.field(default_factory=kind, metadata={"config": kind})
-
-
-def _plain(config: ChapterConfig) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        out[f.name] = _plain(value) if isinstance(value, ChapterConfig) else value
-    return out
 
 
 def _differs(value: Any, default: Any) -> bool:
