@@ -12,17 +12,21 @@ seed's numbers (:data:`SEED_SOURCE`); the exact Hessian and its Gauss–Newton p
 ``subsample_sizes`` images at the last checkpoint (:func:`sizes_store`), with the rank bound ``N (C − 1)``; the
 outliers against Papyan's ``C`` and ``C(C − 1)``; the stored eigenvectors by layer; relative gaps in the bulk.
 
+The Hessian work is a list of independent :func:`tasks` (a checkpoint's spectrum, a group of draws, the nested
+sizes, …) run through :func:`hessian_book.fanout.run_tasks` on ``config.scheduler`` (by default one single-threaded
+process per core: the Hessians are assembled from many small products, which two processes use better than two
+threads of one), then read back from the stores.
+
 Default cost, counted in the chapter's own units (one 50-image Hessian, one dense 5,994-eigenvalue solve), on top of
 its 25 Hessians and spectra: 90 Lanczos runs on 50 images (≈ 100 HVPs each, a fraction of a Hessian apiece);
-12 more 50-image Hessians with their spectra; at the last checkpoint, one 2,000-image Hessian and one Gauss–Newton
-part, each summed from eight 250-image chunks (≈ 40 fifty-image Hessians' worth of work each), and 10 spectra.
-In those units that is about twice the work of the 25 checkpoints' Hessians and spectra (Hessian cost taken as
-linear in the number of images); whether the whole stays inside the chapter's 25-minute goal is for a quiet,
-timed run to show.
+20 more 50-image Hessians with their spectra; one 500-image Hessian and spectrum (the first checkpoint; the last
+checkpoint's 500-image spectrum is one of the nested sizes); at the last checkpoint, one 2,000-image Hessian and one
+Gauss–Newton part, each summed from eight 250-image chunks, and 10 spectra. The page reports the measured time.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,6 +94,9 @@ class Config(ChapterConfig):
         n_draw_checkpoints: checkpoints (spread over training, the last included) that get the draws.
         subsample_sizes: nested subsample sizes whose exact Hessian is computed at the final checkpoint (the
             largest also gets its Gauss–Newton part).
+        scheduler: where the Hessians are computed: ``None``/``""`` local processes (one per core), ``"serial"``
+            this process, or a Dask scheduler address ``tcp://host:port`` (:mod:`hessian_book.fanout`). The
+            numbers do not depend on it.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -97,7 +104,7 @@ class Config(ChapterConfig):
         # seconds of work, written to a fresh temporary directory so that CI always recomputes it
         "smoke": dict(n_train=640, n_test=1000, epochs=2, hessian_samples=10, compare_samples=20,
                       n_compare_checkpoints=2, n_vectors=5, n_draws=4, n_dense_draws=2, n_draw_checkpoints=2,
-                      subsample_sizes=[10, 20], results_dir=""),
+                      subsample_sizes=[10, 20], results_dir="", scheduler="serial"),
     }
 
     data_dir: str = ""
@@ -110,12 +117,13 @@ class Config(ChapterConfig):
     n_test: int = 0
     hessian_samples: int = 50
     compare_samples: int = 500
-    n_compare_checkpoints: int = 3
+    n_compare_checkpoints: int = 2
     n_vectors: int = 50
     n_draws: int = 30
-    n_dense_draws: int = 12
+    n_dense_draws: int = 20
     n_draw_checkpoints: int = 3
     subsample_sizes: list = field(default_factory=lambda: [50, 200, 500, 1000, 2000])
+    scheduler: str | None = None
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "hessian_samples", "compare_samples", "n_compare_checkpoints",
@@ -144,6 +152,7 @@ class Config(ChapterConfig):
             raise checks.ConfigError(f"n_draws={self.n_draws} must be >= 2 (a spread needs two draws)")
         if self.n_dense_draws > self.n_draws:
             raise checks.ConfigError(f"n_dense_draws={self.n_dense_draws} must be <= n_draws={self.n_draws}")
+        checks.scheduler("scheduler", self.scheduler)
         checks.int_list("subsample_sizes", self.subsample_sizes, minimum=2)
         if sorted(set(self.subsample_sizes)) != list(self.subsample_sizes):
             raise checks.ConfigError(f"subsample_sizes={self.subsample_sizes!r} must be strictly increasing")
@@ -191,6 +200,7 @@ def compare_store(config: Config, run: MnistLenetRun) -> ResultStore:
 _RELATIVE_WINDOW = 10  # neighbouring gaps on each side whose median is the local spacing
 _GN_RANK_RTOL = 1e-10  # numerical rank: eigenvalues above this times the largest (float64 rounding ~1e-12 here)
 _DRAW_SEED = 10_000  # draw i uses the permutation seeded by config.seed + _DRAW_SEED + i (independent of seed + 1)
+_DRAWS_PER_TASK = 4  # dense draws per task (about a minute of work each)
 _CHUNK = 250  # images per structured Hessian / Gauss-Newton chunk (bounds the per-sample Jacobian's memory)
 
 
@@ -416,6 +426,9 @@ class Result:
         gn_relative_difference: ``||H − G||_F / ||H||_F`` at the largest size.
         top_vectors, bottom_vectors: the final checkpoint's stored eigenvectors (``ndarray[P, n_vectors]``).
         layer_labels, layer_names: :func:`hessian_core.parameter_labels` of the model (by layer).
+        wall: this execution's wall seconds ``until_tasks_done`` (training and every Hessian task) and
+            ``this_run`` (all of :func:`run`); small when everything was read back from the stores.
+        workers: the processes (``host:pid``) that ran the Hessian tasks.
     """
 
     config: Config
@@ -439,6 +452,8 @@ class Result:
     bottom_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     layer_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     layer_names: list = field(default_factory=list)
+    wall: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)
 
     @property
     def judged(self) -> bool:
@@ -496,7 +511,6 @@ class Result:
             seconds_eigendecompositions=t["eigendecompositions"],
             seconds_larger_subsample=t["larger_subsample"],
             seconds_total=sum(t.values()),
-            minutes_total=sum(t.values()) / 60,
             seconds_per_hessian=t["hessians"] / len(self.eigenvalues),
             hessian_samples=config.hessian_samples,
             compare_samples=config.compare_samples,
@@ -657,66 +671,172 @@ class Result:
             rel_gap_big_at=float(rel_big["upper"].iloc[0]) if len(rel_big) else float("nan"),
             rel_gap_big_above=int(rel_big["n_above"].iloc[0]) if len(rel_big) else 0,
             seconds_draws=self.timings.get("draws", 0.0), seconds_sizes=self.timings.get("sizes", 0.0),
+            wall_minutes=self.wall.get("this_run", float("nan")) / 60, n_workers=len(self.workers),
         )
 
 
+_RUNS: dict[str, MnistLenetRun] = {}  # per process: a worker that runs several tasks loads MNIST once
+
+
+def _opened(config: Config) -> MnistLenetRun:
+    run = training_run(config)
+    return _RUNS.setdefault(run.store.key, run)
+
+
+def _compare_from_sizes(config: Config) -> bool:
+    """Whether the final checkpoint's ``compare_samples``-image spectrum is read from the nested sizes (it is one
+    of them: the same images, since both are prefixes of the same permutation) instead of being computed again."""
+    return config.compare_samples in config.subsample_sizes
+
+
+def plan(config: Config, checkpoints: list[int]) -> dict[str, list[int]]:
+    """Which checkpoints get what: ``{"spectra": every checkpoint, "compare": the larger subsample's checkpoints,
+    "draws": the draw checkpoints (the last included)}``."""
+    compare = [checkpoints[i] for i in spread_indices(len(checkpoints), config.n_compare_checkpoints)]
+    draws = [checkpoints[i] for i in spread_indices(len(checkpoints), config.n_draw_checkpoints)]
+    if checkpoints[-1] not in draws:
+        draws.append(checkpoints[-1])
+    return {"spectra": list(checkpoints), "compare": compare, "draws": draws}
+
+
+def _spectrum(config: Config, run: MnistLenetRun, step: int) -> HessianSpectrum:
+    return spectra_store(config, run).cached(f"spectrum_{step:07d}", lambda: dense_spectrum(
+        run.model_at(step), hessian_batch(config, run=run), n_vectors=config.n_vectors))
+
+
+def _compare(config: Config, run: MnistLenetRun, step: int) -> HessianSpectrum:
+    return compare_store(config, run).cached(f"spectrum_{step:07d}", lambda: dense_spectrum(
+        run.model_at(step), hessian_batch(config, config.compare_samples, run=run), n_vectors=_COMPARE_VECTORS))
+
+
+def _draw(config: Config, run: MnistLenetRun, step: int, i: int, *, dense: bool,
+          model: nn.Module | None = None) -> tuple[dict, dict | None]:
+    """Draw ``i`` at ``step``: its Lanczos λ_max and, with ``dense``, its full spectrum (each stored)."""
+    store = draws_store(config, run)
+    model = run.model_at(step) if model is None else model
+    batch = hessian_subsample(*run.train, config.hessian_samples, config.seed + _DRAW_SEED + i)
+    top = store.cached(f"top_{step:07d}_{i:03d}", lambda: _draw_top(model, batch))
+    spec = store.cached(f"dense_{step:07d}_{i:03d}", lambda: _draw_dense(model, batch)) if dense else None
+    return top, spec
+
+
+def _sizes(config: Config, run: MnistLenetRun) -> dict[str, Any]:
+    step = run.checkpoints[-1]
+    return sizes_store(config, run).cached(f"sizes_{step:07d}", lambda: _size_spectra(
+        run.model_at(step), hessian_batch(config, config.subsample_sizes[-1], run=run), config.subsample_sizes))
+
+
+def tasks(config: Config, checkpoints: list[int]) -> list[dict[str, Any]]:
+    """The chapter's Hessian work as independent :func:`task` s, the longest first (so that two workers stay busy
+    to the end): the nested sizes, the dense draws (in groups of :data:`_DRAWS_PER_TASK`), the larger subsample,
+    the checkpoints' spectra, the Lanczos-only draws."""
+    where = plan(config, checkpoints)
+    final = checkpoints[-1]
+    dense = list(range(min(config.n_dense_draws, config.n_draws)))
+    out: list[dict[str, Any]] = [dict(kind="sizes")]
+    out += [dict(kind="draws", step=final, draws=dense[i:i + _DRAWS_PER_TASK], dense=True)
+            for i in range(0, len(dense), _DRAWS_PER_TASK)]
+    out += [dict(kind="compare", step=s) for s in where["compare"]
+            if not (s == final and _compare_from_sizes(config))]
+    out += [dict(kind="spectrum", step=s) for s in checkpoints]
+    out += [dict(kind="draws", step=s, draws=[i for i in range(config.n_draws)
+                                             if not (s == final and i < len(dense))], dense=False)
+            for s in where["draws"]]
+    return [dict(t, config=config) for t in out if t.get("draws", True) != []]
+
+
+def task(config: Config, kind: str, *, threads: int = 1, **arguments: Any) -> dict[str, Any]:
+    """One independent piece of :func:`run` (module-level, so worker processes import it), on ``threads`` torch
+    and BLAS threads (restored afterwards). ``kind``: ``"spectrum"``/``"compare"`` (``step=``): the checkpoint's
+    spectrum on the Hessian subsample / the larger subsample; ``"draws"`` (``step=, draws=[i, …], dense=``):
+    independent draws; ``"sizes"``: the nested subsample sizes. Results go to the stores (atomic writes); the
+    return value is a small summary. The training run must exist."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            run = _opened(config)
+            if kind == "spectrum":
+                return {"kind": kind, "step": arguments["step"],
+                        "n": len(_spectrum(config, run, arguments["step"]).eigenvalues)}
+            if kind == "compare":
+                return {"kind": kind, "step": arguments["step"],
+                        "n": len(_compare(config, run, arguments["step"]).eigenvalues)}
+            if kind == "draws":
+                model = run.model_at(arguments["step"])
+                for i in arguments["draws"]:
+                    _draw(config, run, arguments["step"], i, dense=arguments["dense"], model=model)
+                return {"kind": kind, "step": arguments["step"], "draws": list(arguments["draws"])}
+            if kind == "sizes":
+                return {"kind": kind, "sizes": len(_sizes(config, run)["hessian"])}
+            raise ValueError(f"kind={kind!r} must be 'spectrum', 'compare', 'draws' or 'sizes'")
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class _FromSizes:
+    """The final checkpoint's larger-subsample spectrum read from the nested sizes (no eigenvectors kept; its
+    cost is counted with the sizes)."""
+
+    eigenvalues: np.ndarray
+    seconds_hessian: float = 0.0
+    seconds_eig: float = 0.0
+
+
 def run(config: Config, *, progress: bool | None = None) -> Result:
-    """Train (or read) the run, then the exact Hessian spectrum at every checkpoint and on the larger subsample at
-    ``n_compare_checkpoints`` of them; everything is stored as it completes, so a rerun resumes or only reads.
+    """Train (or read) the run, then every Hessian of the chapter as independent :func:`tasks` on
+    ``config.scheduler`` (each stored as it completes, so a rerun resumes or only reads), then read them back.
 
     ``progress``: progress bars (default: on in a terminal, off inside papermill).
     """
-    from tqdm.std import tqdm
+    from ..fanout import run_tasks
 
+    started = time.perf_counter()
     show = show_progress(progress)
-    train = training_run(config)
+    train = _opened(config)
     records = train.train_or_resume(progress=progress)
     checkpoints = train.checkpoints
-    spectra, larger = spectra_store(config, train), compare_store(config, train)
-    batch = hessian_batch(config, run=train)
-    compare_batch = hessian_batch(config, config.compare_samples, run=train)
-
-    def spectrum(step: int, batch: tuple[Tensor, Tensor], n_vectors: int) -> HessianSpectrum:
-        return dense_spectrum(train.model_at(step), batch, n_vectors=n_vectors)
-
-    dense = {step: spectra.cached(f"spectrum_{step:07d}", lambda: spectrum(step, batch, config.n_vectors))
-             for step in tqdm(checkpoints, desc="Hessian spectra", disable=not show)}
-    compare_steps = [checkpoints[i] for i in spread_indices(len(checkpoints), config.n_compare_checkpoints)]
-    compare = {step: larger.cached(f"spectrum_{step:07d}", lambda: spectrum(step, compare_batch, _COMPARE_VECTORS))
-               for step in tqdm(compare_steps, desc=f"Hessians on {config.compare_samples} images",
-                                disable=not show)}
-
-    # Independent draws of hessian_samples images at a few checkpoints (the last included).
-    draws_at = draws_store(config, train)
-    draw_steps = [checkpoints[i] for i in spread_indices(len(checkpoints), config.n_draw_checkpoints)]
-    if checkpoints[-1] not in draw_steps:
-        draw_steps.append(checkpoints[-1])
-    draw_rows, draw_eigenvalues, draw_seconds = [], {}, 0.0
-    jobs = [(step, i) for step in draw_steps for i in range(config.n_draws)]
-    models: dict[int, nn.Module] = {}
-    for step, i in tqdm(jobs, desc="independent draws", disable=not show):
-        model = models[step] if step in models else models.setdefault(step, train.model_at(step))
-        batch_i = hessian_subsample(*train.train, config.hessian_samples, config.seed + _DRAW_SEED + i)
-        top = draws_at.cached(f"top_{step:07d}_{i:03d}", lambda: _draw_top(model, batch_i))
-        row = dict(step=int(step), draw=i, lambda_max=top["lambda_max"], largest_gap=np.nan, near_zero=np.nan,
-                   n_above_gap=np.nan)
-        draw_seconds += top["seconds"]
-        if i < config.n_dense_draws and step == checkpoints[-1]:
-            spec = draws_at.cached(f"dense_{step:07d}_{i:03d}", lambda: _draw_dense(model, batch_i))
-            lam = spec["eigenvalues"]
-            draw_eigenvalues.setdefault(int(step), []).append(lam)
-            row.update(largest_gap=float(spectral_gaps(lam, top=1)[0, 0]), near_zero=100 * near_zero_share(lam),
-                       n_above_gap=n_above_largest_gap(lam))
-            draw_seconds += spec["seconds"]
-        draw_rows.append(row)
-
-    # Nested subsample sizes at the final checkpoint, with the Gauss-Newton part.
+    where = plan(config, checkpoints)
+    workers = [r.worker for r in run_tasks(task, tasks(config, checkpoints), scheduler=config.scheduler,
+                                           desc="Hessians", progress=show)]
+    tasks_wall = time.perf_counter() - started
+    # Everything is stored now: read it back here, on one thread like the tasks (anything recomputed here, e.g.
+    # after a store was deleted, is computed the same way).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dense = {step: _spectrum(config, train, step) for step in checkpoints}
+        sized = _sizes(config, train)
+        compare_steps = where["compare"]
+        compare: dict[int, Any] = {}
+        for step in compare_steps:
+            if step == checkpoints[-1] and _compare_from_sizes(config):
+                compare[step] = _FromSizes(sized["hessian"][list(config.subsample_sizes).index(
+                    config.compare_samples)])
+            else:
+                compare[step] = _compare(config, train, step)
+        draw_rows, draw_eigenvalues, draw_seconds = [], {}, 0.0
+        for step in where["draws"]:
+            model = train.model_at(step)
+            for i in range(config.n_draws):
+                dense_draw = i < config.n_dense_draws and step == checkpoints[-1]
+                top, spec = _draw(config, train, step, i, dense=dense_draw, model=model)
+                row = dict(step=int(step), draw=i, lambda_max=top["lambda_max"], largest_gap=np.nan,
+                           near_zero=np.nan, n_above_gap=np.nan)
+                draw_seconds += top["seconds"]
+                if spec is not None:
+                    lam = spec["eigenvalues"]
+                    draw_eigenvalues.setdefault(int(step), []).append(lam)
+                    row.update(largest_gap=float(spectral_gaps(lam, top=1)[0, 0]),
+                               near_zero=100 * near_zero_share(lam), n_above_gap=n_above_largest_gap(lam))
+                    draw_seconds += spec["seconds"]
+                draw_rows.append(row)
+    finally:
+        torch.set_num_threads(previous)
     final_model = train.model_at(checkpoints[-1])
-    size_batch = hessian_batch(config, config.subsample_sizes[-1], run=train)
-    with tqdm(total=1, desc=f"Hessians on up to {config.subsample_sizes[-1]} images", disable=not show) as bar:
-        sized = sizes_store(config, train).cached(
-            f"sizes_{checkpoints[-1]:07d}", lambda: _size_spectra(final_model, size_batch, config.subsample_sizes))
-        bar.update(1)
 
     eigenvalues = [dense[s].eigenvalues for s in checkpoints]
     curves = pd.DataFrame([{k: r[k] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
@@ -747,7 +867,9 @@ def run(config: Config, *, progress: bool | None = None) -> Result:
         seed_comparison=_seed_comparison(int(checkpoints[-1]), float(curves["test_acc"].iloc[-1]), eigenvalues[-1]),
         subsample_comparison=_subsample_comparison(config, compare_steps, dense, compare),
         conv1_filters=train.model_at(checkpoints[-1])[0].weight.detach().numpy(),
-        spectra_dir=spectra.directory, timings=timings,
+        spectra_dir=spectra_store(config, train).directory, timings=timings,
+        wall=dict(until_tasks_done=tasks_wall, this_run=time.perf_counter() - started),
+        workers=sorted(set(workers)),
         draws=pd.DataFrame(draw_rows), draw_eigenvalues={s: np.array(v) for s, v in draw_eigenvalues.items()},
         sizes=pd.DataFrame(size_rows),
         size_eigenvalues=dict(zip(config.subsample_sizes, sized["hessian"])),

@@ -28,7 +28,7 @@ needs_mnist = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="M
 GLUE_NAMES = {
     "n_checkpoints", "final_step", "final_test_acc", "final_lambda_max", "final_lambda_min", "final_frac_small",
     "final_gap1", "final_gap2", "n_above_gap", "final_n_negative", "seconds_train", "seconds_hessians",
-    "seconds_eigendecompositions", "seconds_larger_subsample", "seconds_total", "minutes_total",
+    "seconds_eigendecompositions", "seconds_larger_subsample", "seconds_total", "wall_minutes", "n_workers",
     "seconds_per_hessian", "hessian_samples", "compare_samples", "final_n_negative_tol", "final_zero_tol",
     "final_n_below_001", "final_n_above_001", "final_negative_mass", "lambda_max_vs_seed", "acc_vs_seed",
     "lambda_min_vs_seed", "frac_small_vs_seed", "plateau_n", "plateau_factor", "plateau_lo", "plateau_hi",
@@ -204,14 +204,17 @@ def test_run_glues_every_name_and_never_retrains_for_an_analysis_setting(tmp_pat
     monkeypatch.setattr(mnist_lenet, "_size_spectra", fake_sizes)
     config = mnist_lenet.Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path)})
     result = mnist_lenet.run(config, progress=False)
-    # 3 spectra, 2 larger subsamples, 4 draws at 2 checkpoints (dense: the first 2 at the last), the sizes
-    assert calls == ([(10, 5)] * 3 + [(20, 1)] * 2 + [("top", 10)] * 4 + [("top", 10), ("dense", 10)] * 2
-                     + [("top", 10)] * 2 + [("sizes", 20, (10, 20))])
+    # The tasks, longest first: the sizes; the dense draws (the first 2 at the last checkpoint); the larger
+    # subsample at the first checkpoint only (the last one's is the sizes' 20 images); 3 spectra; the other draws.
+    # Reading back afterwards computes nothing.
+    assert calls == ([("sizes", 20, (10, 20))] + [("top", 10), ("dense", 10)] * 2 + [(20, 1)] + [(10, 5)] * 3
+                     + [("top", 10)] * 4 + [("top", 10)] * 2)
     glued = result.glued()
     assert set(glued) == GLUE_NAMES | ANALYSIS_NAMES
     assert glued["n_checkpoints"] == 3 and glued["final_step"] == 10 and glued["n_compare"] == 2
     assert result.timings == dict(train=result.timings["train"], hessians=3.0, eigendecompositions=6.0,
-                                  larger_subsample=6.0, draws=4 * 0.5 + 4 * 0.5 + 2 * 1.5, sizes=4.0)
+                                  larger_subsample=3.0, draws=4 * 0.5 + 4 * 0.5 + 2 * 1.5, sizes=4.0)
+    assert len(result.workers) == 1 and result.wall["this_run"] >= result.wall["until_tasks_done"] > 0
     assert glued["seed_lmax_verdict"] == "is not judged (smoke run)"
     assert result.draws["step"].tolist() == [0] * 4 + [10] * 4
     assert result.draws["near_zero"].notna().sum() == 2
