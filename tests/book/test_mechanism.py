@@ -1,0 +1,285 @@
+"""hessian_book.mechanism on planted cases: a hand-built embedding with known frequencies, the planted circuit model
+(whose ablation effects are known), curvature operators against dense references, probes on separable vs random
+labels, and the random-subspace null."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hessian_book.circuit import all_pairs, planted_circuit_model
+from hessian_book.fourier import fourier_basis, fourier_norms
+from hessian_book.mechanism import (ablate_subspace, block_masses, block_slices, bootstrap_interval,
+                                    dominant_frequencies,
+                                    component_effects, concept_labels, corrupt_a, curvature_eigenpairs, evaluate,
+                                    frequency_ablation, frequency_rows, gauss_newton_operator,
+                                    gradient_covariance_eigenpairs, intervened_logits, mlp_first_layer,
+                                    mlp_layer_features, null_quantile, orthonormal_basis, probe_with_controls,
+                                    random_block_basis, random_token_rows, ridge_probe, subspace_masses,
+                                    token_masses, token_subspace_basis, transformer_components)
+from hessian_book.models import ModAddMLP, ModAddTransformer
+from hessian_core import full_hessian, gauss_newton
+
+P, KEYS = 23, [3, 7]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_circuit_model(P, KEYS, seed=1)
+
+
+def _all(p):
+    tokens = all_pairs(p)
+    return tokens, (tokens[:, 0] + tokens[:, 1]) % p
+
+
+def test_planted_model_is_correct(planted):
+    assert evaluate(planted, _all(P))["accuracy"] == 1.0
+
+
+# ---- subspaces ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", ["W_E", "W_U"])
+def test_token_subspace_basis_is_orthonormal_and_matches_fourier_norms(planted, block):
+    rows = frequency_rows(P, [3])
+    B = token_subspace_basis(planted, block, rows)
+    n = dict(planted.named_parameters())[block].numel()
+    assert B.shape == (n, 2 * planted.d_model)
+    assert torch.allclose(B.T @ B, torch.eye(B.shape[1], dtype=torch.float64), atol=1e-12)
+    # the squared norm of the block inside the frequency-3 subspace is fourier_norms' frequency-3 entry squared
+    W = dict(planted.named_parameters())[block].detach().double()
+    theta = W.reshape(-1)
+    per_token = W[:P] if block == "W_E" else W.T
+    assert float(((B.T @ theta) ** 2).sum()) == pytest.approx(float(fourier_norms(per_token, P)[3] ** 2), rel=1e-10)
+
+
+def test_token_masses_equal_subspace_masses_with_the_basis(planted):
+    rng = np.random.default_rng(0)
+    n_params = sum(p.numel() for p in planted.parameters())
+    V = rng.standard_normal((n_params, 4))
+    sl = block_slices(planted)["W_E"]
+    for rows in (frequency_rows(P, KEYS), random_token_rows(P, 4, rng)):
+        B = token_subspace_basis(planted, "W_E", rows)
+        expected = subspace_masses(V[sl], B) / (V[sl] ** 2).sum(0)
+        assert np.allclose(token_masses(V, planted, "W_E", rows), expected, rtol=1e-10)
+
+
+def test_random_token_rows_are_orthonormal_and_avoid_the_constant_and_the_excluded():
+    rng = np.random.default_rng(1)
+    exclude = frequency_rows(P, KEYS)
+    Q = random_token_rows(P, 5, rng, exclude=exclude)
+    assert torch.allclose(Q @ Q.T, torch.eye(5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(Q.sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(Q @ exclude.T, torch.zeros(5, 4, dtype=torch.float64), atol=1e-12)
+
+
+def test_ablate_subspace_projects_out_and_is_idempotent(planted):
+    B = random_block_basis(block_slices(planted)["W_U"].stop - block_slices(planted)["W_U"].start, 7,
+                           np.random.default_rng(2))
+    once = ablate_subspace(planted, "W_U", B)
+    twice = ablate_subspace(once, "W_U", B)
+    theta = once.W_U.detach().double().reshape(-1)
+    assert float((B.T @ theta).abs().max()) < 1e-5  # float32 parameters
+    assert torch.allclose(once.W_U, twice.W_U, atol=1e-6)
+    assert torch.equal(once.W_E, planted.W_E) and not torch.equal(once.W_U, planted.W_U)
+
+
+def test_frequency_ablation_of_the_planted_embedding(planted):
+    """The planted W_E lives in the key frequencies' subspace: ablating it leaves chance accuracy, ablating random
+    non-key frequencies is a no-op."""
+    result = frequency_ablation(planted, KEYS, _all(P), block="W_E", n_draws=20, seed=0)
+    assert result.clean["accuracy"] == 1.0
+    assert result.key["accuracy"] <= 3 / P
+    assert (result.random_accuracy == 1.0).all() and result.random_frequencies.shape == (20, 2)
+    assert not set(result.random_frequencies.ravel()) & set(KEYS)
+    assert result.below_every_draw
+
+
+def test_hand_built_embedding_dominant_frequencies():
+    """Vectors whose W_E part is a single frequency are assigned that frequency with share 1."""
+    model = ModAddTransformer(p=P, d_model=4, n_heads=1, d_mlp=8, seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    sl = block_slices(model)["W_E"]
+    F = fourier_basis(P)
+    V = np.zeros((n_params, 3))
+    for i, k in enumerate([2, 5, 11]):
+        W = torch.zeros(P + 1, 4, dtype=torch.float64)
+        W[:P, i] = F[2 * k - 1] + 0.5 * F[2 * k]
+        V[sl, i] = W.reshape(-1).numpy()
+    V[sl.stop:sl.stop + 5] = 1.0  # weight outside W_E does not count
+    freq, share = dominant_frequencies(V, model, "W_E")
+    assert freq.tolist() == [2, 5, 11] and np.allclose(share, 1.0)
+
+
+def test_the_null_passes_a_planted_subspace_and_not_a_random_one(planted):
+    """A vector inside the key-frequency subspace scores above the null's 95th percentile; a random vector of the
+    block does not (over a few seeds, at most its 5 % error rate)."""
+    rng = np.random.default_rng(3)
+    n_params = sum(p.numel() for p in planted.parameters())
+    sl = block_slices(planted)["W_E"]
+    key_rows = frequency_rows(P, KEYS)
+    B = token_subspace_basis(planted, "W_E", key_rows).numpy()
+    inside = np.zeros((n_params, 1))
+    inside[sl, 0] = B @ rng.standard_normal(B.shape[1])
+    share = token_masses(inside, planted, "W_E", key_rows)[0]
+    null = [token_masses(inside, planted, "W_E", random_token_rows(P, 4, rng))[0] for _ in range(200)]
+    assert share == pytest.approx(1.0) and null_quantile(null, share)[1]
+    above = 0
+    for _ in range(20):
+        random_vector = np.zeros((n_params, 1))
+        random_vector[sl, 0] = rng.standard_normal(sl.stop - sl.start)
+        value = token_masses(random_vector, planted, "W_E", key_rows)[0]
+        null = [token_masses(random_vector, planted, "W_E", random_token_rows(P, 4, rng))[0] for _ in range(100)]
+        above += null_quantile(null, value)[1]
+    assert above <= 4
+
+
+def test_orthonormal_basis_drops_dependent_columns():
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((30, 3))
+    B = orthonormal_basis(np.concatenate([A, A[:, :1] + A[:, 1:2]], axis=1))
+    assert B.shape == (30, 3) and torch.allclose(B.T @ B, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+# ---- interventions --------------------------------------------------------------------------------------------
+
+def test_intervention_with_the_clean_reference_changes_nothing(planted):
+    tokens, _ = _all(P)
+    groups = {"all neurons": list(range(planted.d_mlp))}
+    clean = planted(tokens).double()
+    from hessian_book.mechanism import _activations
+
+    acts = _activations(planted, tokens)
+    for c in transformer_components(planted, groups, KEYS):
+        out = intervened_logits(planted, tokens, c, acts[c.site])
+        assert torch.allclose(out, clean, atol=1e-4), c.name
+
+
+def test_planted_component_effects(planted):
+    """Known effects: mean-ablating attention or the embedding leaves chance accuracy; patching the embedding with
+    a → a + 1 makes every answer wrong; the unembedding has no part outside the key frequencies, so ablating that part
+    changes nothing; one frequency's neurons carry part of the correct logit and the other frequency still answers."""
+    n_per = planted.d_mlp // len(KEYS)
+    groups = {f"k{k}": list(range(i * n_per, (i + 1) * n_per)) for i, k in enumerate(KEYS)}
+    components = transformer_components(planted, groups, KEYS)
+    mean = {e.component: e for e in component_effects(planted, components, mode="mean", n_boot=200)}
+    patch = {e.component: e for e in component_effects(planted, components, mode="patch", n_boot=200)}
+    assert mean["attention"].accuracy_after <= 3 / P
+    assert mean["embedding (a, b)"].accuracy_after <= 3 / P
+    assert patch["embedding (a, b)"].accuracy_after == 0.0 and patch["embedding (a, b)"].accuracy_drop == 1.0
+    other = mean["unembedding, other frequencies"]
+    assert abs(other.accuracy_drop) == 0 and abs(other.logit_drop) < 1e-3
+    for k in KEYS:
+        e = mean[f"k{k}"]
+        assert e.logit_low > 0 and e.accuracy_after > 0.9
+        u = mean[f"unembedding, frequency {k}"]
+        assert u.logit_drop == pytest.approx(e.logit_drop, rel=0.2)  # the same frequency, read at both ends
+    assert patch["attention"].accuracy_after == 0.0  # attention carries the corrupted a
+
+
+def test_corrupt_a_wraps():
+    tokens = torch.tensor([[0, 1, 5], [4, 2, 5]])
+    assert corrupt_a(tokens, 5).tolist() == [[1, 1, 5], [0, 2, 5]]
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows():
+    rng = np.random.default_rng(5)
+    small, large = rng.standard_normal(50), rng.standard_normal(5000)
+    lo_s, hi_s = bootstrap_interval(small, n_boot=500)
+    lo_l, hi_l = bootstrap_interval(large, n_boot=500)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 5
+
+
+# ---- curvature ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    model = ModAddTransformer(p=5, d_model=4, n_heads=1, d_mlp=4, seed=0)
+    tokens = all_pairs(5)[:12]
+    return model, (tokens, (tokens[:, 0] + tokens[:, 1]) % 5)
+
+
+def test_gauss_newton_operator_equals_the_dense_reference(tiny_case):
+    model, batch = tiny_case
+    G = gauss_newton(model, nn.CrossEntropyLoss(), batch).numpy()
+    op = gauss_newton_operator(model, batch)
+    X = np.random.default_rng(6).standard_normal((G.shape[0], 3))
+    assert np.allclose(op.matmat(X), G @ X, atol=1e-10 * np.abs(G).max())
+
+
+def test_gradient_covariance_equals_the_per_sample_reference(tiny_case):
+    model, (x, y) = tiny_case
+    m = ModAddTransformer(p=5, d_model=4, n_heads=1, d_mlp=4, seed=0).double()
+    grads = []
+    for i in range(len(y)):
+        m.zero_grad()
+        nn.functional.cross_entropy(m(x[i:i + 1]), y[i:i + 1]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    G = torch.stack(grads).numpy()
+    C = np.cov(G.T, bias=True)
+    values, vectors = gradient_covariance_eigenpairs(model, (x, y), 3)
+    assert np.allclose(values, np.linalg.eigvalsh(C)[::-1][:3], rtol=1e-8, atol=1e-12)
+    assert np.allclose(C @ vectors, vectors * values, atol=1e-9)
+
+
+def test_curvature_eigenpairs_against_dense_matrices(tiny_case):
+    model, batch = tiny_case
+    H = full_hessian(model, nn.CrossEntropyLoss(), batch).numpy()
+    k = 3
+    h = curvature_eigenpairs(model, batch, "hessian", k=k, tol=1e-10)
+    exact = np.linalg.eigvalsh(H)
+    assert np.allclose(h.top_values, exact[::-1][:k], atol=1e-8) and np.allclose(h.bottom_values, exact[:k], atol=1e-8)
+    assert np.allclose(H @ h.top_vectors, h.top_vectors * h.top_values, atol=1e-6)
+    # block-diagonal Hessian per component: couplings between components removed
+    slices = block_slices(model)
+    from hessian_book.mechanism import COMPONENT_BLOCKS
+
+    mask = np.zeros_like(H, dtype=bool)
+    for tensors in COMPONENT_BLOCKS.values():
+        index = np.concatenate([np.arange(H.shape[0])[slices[t]] for t in tensors if t in slices])
+        mask[np.ix_(index, index)] = True
+    b = curvature_eigenpairs(model, batch, "block_hessian", k=k, tol=1e-10)
+    exact_b = np.linalg.eigvalsh(np.where(mask, H, 0.0))
+    assert np.allclose(b.top_values, exact_b[::-1][:k], atol=1e-8)
+    assert np.allclose(b.bottom_values, exact_b[:k], atol=1e-8)
+    gn = curvature_eigenpairs(model, batch, "gauss_newton", k=k, tol=1e-10)
+    G = gauss_newton(model, nn.CrossEntropyLoss(), batch).numpy()
+    assert np.allclose(gn.top_values, np.linalg.eigvalsh(G)[::-1][:k], atol=1e-8) and gn.bottom_values.size == 0
+    masses = block_masses(gn.top_vectors, model)
+    assert np.allclose(sum(masses.values()), 1.0)
+
+
+# ---- MLPs and probes ------------------------------------------------------------------------------------------
+
+def test_mlp_layer_features_match_the_forward_pass():
+    model = ModAddMLP(p=7, depth=2, width=6, seed=0)
+    pairs = all_pairs(7)[:, :2]
+    features = mlp_layer_features(model, pairs)
+    assert list(features) == ["input", "hidden 1", "hidden 2", "logits"]
+    assert torch.allclose(features["logits"], model(pairs).double(), atol=1e-6)
+    E_a, E_b = mlp_first_layer(model)
+    assert E_a.shape == E_b.shape == (7, 6)
+
+
+def test_concept_labels():
+    pairs = torch.tensor([[1, 2], [3, 4], [6, 6]])
+    assert concept_labels("a mod 2", pairs, 7).tolist() == [1, 1, 0]
+    assert concept_labels("(a + b) mod 2", pairs, 7).tolist() == [1, 1, 0]
+    assert concept_labels("answer (a + b mod p)", pairs, 7).tolist() == [3, 0, 5]
+    with pytest.raises(ValueError, match="concept="):
+        concept_labels("b", pairs, 7)
+
+
+def test_probes_separate_linear_labels_and_not_random_ones():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((800, 10))
+    separable = (X @ rng.standard_normal(10) > 0).astype(int)
+    random = rng.integers(0, 2, 800)
+    index = rng.permutation(800)
+    tr, te = index[:400], index[400:]
+    assert ridge_probe(X, separable, tr, te)["test"] > 0.95
+    assert abs(ridge_probe(X, random, tr, te)["test"] - 0.5) < 0.1
+    scores = probe_with_controls(X, rng.standard_normal((800, 10)), separable, n_shuffles=2, seed=0)
+    assert scores.trained > 0.95 and scores.at_init < 0.65 and scores.shuffled < 0.65
+    assert 0.4 < scores.chance < 0.65
