@@ -17,7 +17,7 @@ from typing import Any
 
 import nbformat
 
-__all__ = ["glued_values", "compare"]
+__all__ = ["glued_values", "glued_values_of", "compare"]
 
 
 def _parse(text: str) -> Any:
@@ -36,7 +36,11 @@ def _parse(text: str) -> Any:
 
 def glued_values(path: str | Path) -> dict[str, Any]:
     """``{name: value}`` of every ``glue`` output in an executed notebook (text/plain, parsed where possible)."""
-    notebook = nbformat.read(str(path), as_version=4)
+    return glued_values_of(nbformat.read(str(path), as_version=4))
+
+
+def glued_values_of(notebook) -> dict[str, Any]:
+    """:func:`glued_values` of a notebook already read (an ``nbformat`` node)."""
     out = {}
     for cell in notebook.cells:
         for output in cell.get("outputs", []):

@@ -1,0 +1,182 @@
+"""book/build.py without executing notebooks (papermill's execution is replaced by copying a golden copy): the TOC,
+the plan it prints, the record it writes, --verify's table and exit status, the smoke pages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "book"))
+
+import build  # noqa: E402
+import record as rec  # noqa: E402
+from glued import glued_values  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def fake_execute(calls: list, source: Path | None = None, mutate=None):
+    """A stand-in for build.execute: copies the golden copy of the chapter (or ``source``) to the output."""
+
+    def execute(name, out_path, parameters):
+        calls.append((name, dict(parameters)))
+        nb = nbformat.read(source or GOLDEN / f"{name}.ipynb", as_version=4)
+        if mutate:
+            mutate(nb)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(out_path))
+        return 1.5
+
+    return execute
+
+
+def test_toc_lists_the_book_order_then_reproducibility_and_api():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [entry["file"] for entry in toc["chapters"]]
+    chapters = [f.rsplit("/", 1)[-1] for f in files if f.startswith("notebooks/_executed/")]
+    assert chapters == rec._BOOK_ORDER + ["reproducibility"]
+    assert files[-1] == "book/api" and files[0] == "book/method"
+
+
+def test_write_toc_drops_chapters_without_a_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "BOOK_NOTEBOOKS", ["core_checks", "mnist_lenet"])
+    toc = yaml.safe_load(build.write_toc(tmp_path / "_toc.yml").read_text())
+    files = [entry["file"] for entry in toc["chapters"]]
+    assert files == ["book/method", "notebooks/_executed/core_checks", "notebooks/_executed/mnist_lenet",
+                     "notebooks/_executed/reproducibility", "book/api"]
+
+
+def _fake_record(folder: Path, name: str, seconds: float) -> None:
+    nb = nbformat.read(GOLDEN / f"{name}.ipynb", as_version=4)
+    nb.metadata["hessian_record"] = {"name": name, "source_hash": rec.source_hashes(rec.read_source(name)),
+                                     "wall_seconds": seconds, "code_commit": rec.code_state(name)["commit"],
+                                     "parameters": {"injected": {}}}
+    rec.write_notebook(nb, folder / f"{name}.ipynb")
+
+
+def test_plan_says_what_executes_in_dependency_order_and_how_long(tmp_path, capsys):
+    _fake_record(tmp_path, "core_checks", 60.0)
+    _fake_record(tmp_path, "grokking_modadd", 3000.0)
+    todo, statuses = build.plan(["core_checks", "fiedler_lenet", "grokking_modadd", "mnist_lenet"],
+                                {"grokking_modadd"}, record_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert todo == ["mnist_lenet", "grokking_modadd", "fiedler_lenet"]
+    assert [s.state for s in statuses] == ["fresh", "missing", "fresh", "missing"]
+    assert "core_checks          fresh; the record took 60 s" in out
+    assert "grokking_modadd      fresh, forced; the record took 50.0 min" in out
+    assert "will execute 3 chapter(s), in this order: mnist_lenet, grokking_modadd, fiedler_lenet" in out
+    assert "estimated 50.0 min plus 2 chapter(s) of unknown time" in out
+
+
+def test_record_chapter_writes_a_lean_record_with_provenance(tmp_path, monkeypatch):
+    calls = []
+
+    def add_stderr(nb):
+        code = [c for c in nb.cells if c.cell_type == "code"][-1]
+        code.outputs.append(nbformat.v4.new_output("stream", name="stderr", text="a warning\n"))
+
+    monkeypatch.setattr(build, "execute", fake_execute(calls, mutate=add_stderr))
+    build.record_chapter("core_checks", record_dir=tmp_path)
+    assert calls == [("core_checks", {})]  # at the defaults: nothing injected
+    nb = nbformat.read(tmp_path / "core_checks.ipynb", as_version=4)
+    meta = rec.record_of(nb)
+    assert meta["wall_seconds"] == 1.5 and meta["parameters"]["injected"] == {}
+    assert meta["parameters"]["defaults"]["preset"] == "full"
+    assert meta["results_dir"] == str((ROOT / "results").resolve())
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert rec.staleness("core_checks", record_dir=tmp_path).state == "fresh"
+
+
+def test_verify_against_a_golden_copy_agrees_and_runs_in_a_fresh_results_folder(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(build, "execute", fake_execute(calls))
+    status = build.verify("core_checks", against=GOLDEN / "core_checks.ipynb", scratch=tmp_path)
+    out = capsys.readouterr().out
+    assert status == 0
+    assert calls == [("core_checks", {"preset": "smoke", "results_dir": str(tmp_path / "results")})]
+    assert "the rerun reproduces the record" in out and "seconds_hessian" in out and "ignored" in out
+
+
+def test_verify_exits_non_zero_when_a_glued_number_differs(tmp_path, monkeypatch, capsys):
+    glued = glued_values(GOLDEN / "core_checks.ipynb")
+    name = "lambda_max"
+    assert isinstance(glued[name], float)
+
+    def perturb(nb):
+        for cell in nb.cells:
+            for output in cell.get("outputs", []):
+                if output.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                    output["data"]["application/papermill.record/text/plain"] = repr(glued[name] * 1.001)
+
+    monkeypatch.setattr(build, "execute", fake_execute([], mutate=perturb))
+    status = build.verify("core_checks", against=GOLDEN / "core_checks.ipynb", scratch=tmp_path)
+    out = capsys.readouterr().out
+    assert status == 1
+    row = next(line for line in out.splitlines() if line.startswith(name + " "))
+    assert row.rstrip().endswith("DIFFERS")
+    assert "does NOT reproduce" in out
+
+
+def test_verify_refuses_a_used_results_folder(tmp_path, monkeypatch):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "old.npz").write_bytes(b"x")
+    monkeypatch.setattr(build, "execute", fake_execute([]))
+    with pytest.raises(SystemExit, match="not empty"):
+        build.verify("core_checks", against=GOLDEN / "core_checks.ipynb", scratch=tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_data_dir(monkeypatch):
+    """build.main makes MNIST_DATA_DIR absolute in os.environ: undo it after each test."""
+    monkeypatch.setenv("MNIST_DATA_DIR", os.environ.get("MNIST_DATA_DIR", ""))
+
+
+def test_from_golden_writes_lean_smoke_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "EXECUTED", tmp_path)
+    monkeypatch.setattr(build, "execute", lambda *a, **k: pytest.fail("--from-golden executes nothing"))
+    build.main(["--from-golden", "--no-book"])
+    for name in build.BOOK_NOTEBOOKS:
+        page = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+        banners = [c for c in page.cells if rec.PROVENANCE_TAG in c.metadata.get("tags", [])]
+        assert len(banners) == 1 and "Smoke run" in banners[0].source
+        assert not [o for c in page.cells for o in c.get("outputs", []) if o.get("name") == "stderr"], name
+        assert repr(glued_values(tmp_path / f"{name}.ipynb")) == repr(glued_values(GOLDEN / f"{name}.ipynb"))
+
+
+def test_plan_flag_executes_nothing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(build, "execute", lambda *a, **k: pytest.fail("--plan executes nothing"))
+    monkeypatch.setattr(build, "RECORD", tmp_path)
+    build.main(["--plan"])
+    out = capsys.readouterr().out
+    assert f"will execute {len(build.BOOK_NOTEBOOKS)} chapter(s)" in out
+
+
+def test_unknown_chapter_is_named(monkeypatch):
+    with pytest.raises(SystemExit, match="no notebooks/<name>.md for \\['nope'\\]"):
+        build.main(["--record", "nope"])
+
+
+def test_api_page_documents_every_public_name_of_hessian_core():
+    import re
+
+    import hessian_core
+
+    text = (ROOT / "book" / "api.md").read_text()
+    documented = set(re.findall(r"\.\. auto(?:function|class):: hessian_core\.(\w+)", text))
+    assert documented == set(hessian_core.__all__)
+    assert "{eval-rst}" in text
+
+
+def test_config_enables_autodoc_offline_mathjax_and_visible_warnings():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert {"sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx-mathjax-offline"} <= set(
+        config["sphinx"]["extra_extensions"])
+    assert config["sphinx"]["config"]["mathjax_path"] == "mathjax/tex-chtml.js"
+    assert config["sphinx"]["config"]["keep_warnings"] is True
+    assert config["execute"]["execute_notebooks"] == "off"
