@@ -80,10 +80,11 @@ def execute(name: str, out_path: Path, parameters: dict) -> float:
     return time.perf_counter() - start
 
 
-def _results_dir(name: str, parameters: dict) -> Path:
-    """The results folder an execution writes to (relative paths are relative to notebooks/, its cwd)."""
+def _results_dir(name: str, parameters: dict) -> Path | None:
+    """The results folder an execution writes to (relative paths are relative to notebooks/, its cwd); None when
+    the chapter makes a temporary one (``results_dir = ""``)."""
     value = parameters.get("results_dir", rec.parameter_defaults(rec.read_source(name)).get("results_dir", ""))
-    return (NOTEBOOKS / value).resolve() if value else Path(tempfile.gettempdir())
+    return (NOTEBOOKS / value).resolve() if value else None
 
 
 def record_chapter(name: str, *, record_dir: Path = RECORD, parameters: dict | None = None) -> float:

@@ -184,9 +184,11 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
-def disk_usage(path: Path) -> dict[str, int]:
-    """``{"bytes": ..., "files": ...}`` under ``path`` (0 when it does not exist)."""
+def disk_usage(path: Path | None) -> dict[str, int]:
+    """``{"bytes": ..., "files": ...}`` under ``path`` (0 when it does not exist or is None)."""
     total = files = 0
+    if path is None:
+        return {"bytes": 0, "files": 0}
     for folder, _, names in os.walk(path):
         for n in names:
             try:
@@ -217,17 +219,18 @@ class Run:
 
     name: str
     injected: dict[str, Any]
-    results_dir: Path
+    results_dir: Path | None
     started: str = ""
     load_before: list[float] = field(default_factory=list)
     disk_before: dict[str, int] = field(default_factory=dict)
     code: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, name: str, injected: dict[str, Any], results_dir: Path) -> "Run":
-        return cls(name=name, injected=dict(injected), results_dir=Path(results_dir),
+    def start(cls, name: str, injected: dict[str, Any], results_dir: Path | None) -> "Run":
+        results_dir = Path(results_dir) if results_dir is not None else None
+        return cls(name=name, injected=dict(injected), results_dir=results_dir,
                    started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                   load_before=load_average(), disk_before=disk_usage(Path(results_dir)), code=code_state(name))
+                   load_before=load_average(), disk_before=disk_usage(results_dir), code=code_state(name))
 
 
 def provenance(run: Run, notebook, source, wall_seconds: float) -> dict[str, Any]:
@@ -252,7 +255,7 @@ def provenance(run: Run, notebook, source, wall_seconds: float) -> dict[str, Any
         "results_keys": _jsonable(glued.get("results_keys")),
         "timings": _jsonable(glued_timings(glued)),
         "wall_seconds": round(wall_seconds, 1),
-        "results_dir": str(run.results_dir),
+        "results_dir": str(run.results_dir) if run.results_dir is not None else None,
         "results_written": {"bytes": disk_after["bytes"] - run.disk_before.get("bytes", 0),
                             "files": disk_after["files"] - run.disk_before.get("files", 0)},
         "n_glued": len(glued),
