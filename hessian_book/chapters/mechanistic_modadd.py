@@ -1,0 +1,940 @@
+"""What the grokked models compute: the Fourier circuit of the grokking chapter's transformer, causal checks of it
+against controls, whether curvature eigenvectors (and clusters of eigenvalues) line up with it, and the depth
+chapter's MLPs: the same Fourier analysis and linear probes with controls.
+
+The chapter reads other chapters' runs through *their* configurations (``Config.grokking``, ``Config.depth``), as
+the Fiedler chapter does. The transformer is the grokking chapter's reference run (:func:`grokking_modadd.main_run`,
+trained only if missing), analysed at its transition picks (:func:`grokking_modadd.transition_picks`) on its
+Hessian subsample (:func:`grokking_modadd.hessian_batch`). The curvature eigenpairs are stored in a child store
+keyed by that run's key, the subsample, the matrix and the solver settings; a stored full spectrum of the grokking
+chapter is read instead of Lanczos where it exists. The MLPs are new runs of the depth chapter's recipe at depth
+``probe_depth`` over ``probe_widths`` and ``probe_seeds`` (no Hessians; step 0 kept for the control), fanned out
+with :func:`hessian_book.fanout.run_tasks`; a run the depth chapter already trained with the same parameters is read
+from its store. All logic is in :mod:`hessian_book.mechanism`; this module wires it and words the verdicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hessian_core import adjusted_rand_index, cluster_labels
+
+from .. import config as checks
+from ..circuit import all_pairs, logit_components, logits_table, mlp_activations, progress_measures
+from ..config import ChapterConfig, nested
+from ..data import modular_addition_split
+from ..fanout import run_tasks
+from ..fourier import (fourier_basis, fourier_norms, frequency_shares, gini, key_frequencies,
+                       key_frequency_threshold, neuron_frequencies)
+from ..mechanism import (COMPONENT_BLOCKS, CONCEPTS, CURVATURES, CurvatureEigenpairs, ablate_subspace,
+                         block_masses, component_effects, concept_labels, curvature_eigenpairs, dominant_frequencies,
+                         evaluate, frequency_ablation, frequency_rows, mlp_first_layer, mlp_layer_features,
+                         null_quantile, orthonormal_basis, probe_with_controls, random_block_basis,
+                         random_token_rows, token_masses, transformer_components)
+from ..models import ModAddMLP
+from ..progress import show_progress
+from ..store import ResultStore
+from ..training import checkpoint_name, full_batch_evaluator, train_full_batch_adamw
+from . import grokking_modadd, mlp_depth_modadd
+
+__all__ = ["Config", "Result", "run", "probe_task", "probe_run", "pooled_share", "cluster_frequency_agreement",
+           "stand_in_frequencies",
+           "concentration_word", "ablation_word", "circle_ratio", "plot_fourier_norms", "plot_key_planes",
+           "plot_logit_dependence", "plot_frequency_ablation", "plot_component_effects", "plot_concentration",
+           "plot_top_clusters", "plot_mlp_fourier", "plot_probes"]
+
+_PICKS = ("before", "during", "after", "final")
+N_STAND_IN = 3  # frequencies analysed when no neuron has a key frequency (the embedding's strongest)
+_DPI = 80
+SMOKE_WORDS = "smoke run: no verdict"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ChapterConfig):
+    """The mechanistic chapter's parameters.
+
+    Attributes:
+        grokking: the grokking chapter's configuration (its reference run, picks and Hessian subsample are read).
+        depth: the depth chapter's configuration (its recipe is rerun over widths and seeds for the probes).
+        picks: the grokking run's checkpoints (of before, during, after, final) where curvature is examined.
+        matrices: curvature matrices examined (of hessian, gauss_newton, block_hessian, gradient_covariance).
+        n_eigenvectors: eigenpairs at each end (the top only for the positive semidefinite matrices).
+        lanczos_tol: relative residual tolerance of the Lanczos eigenpairs.
+        cluster_eps: the ε of the top eigenvalues' clusters, relative to the largest eigenvalue.
+        n_null: random subspaces per concentration test (the null's 95th percentile is the bar).
+        n_ablation_null: random subspaces per cluster-ablation test.
+        n_ablation_draws: random sets of non-key frequencies ablated as the control (at least 20).
+        n_boot: bootstrap replicates over input pairs.
+        probe_widths, probe_seeds, probe_depth: the MLP runs for the probes (the depth chapter's recipe).
+        probe_fraction: share of the ``p²`` pairs the probes train on (the rest is held out).
+        probe_ridge: ridge of the probes, relative to the mean feature variance.
+        probe_shuffles: shuffled-label probes per concept and layer (their mean is reported).
+        scheduler: where the MLP runs execute (``None``/``""`` local processes, ``"serial"``, or a Dask address).
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        # the grokking and depth chapters' smoke runs in a fresh temporary directory, in this process
+        "smoke": dict(n_eigenvectors=6, n_null=50, n_ablation_null=20, n_ablation_draws=20, n_boot=200,
+                      probe_widths=[16, 32], probe_seeds=[0], probe_shuffles=1, results_dir="",
+                      scheduler="serial"),
+    }
+
+    grokking: grokking_modadd.Config = nested(grokking_modadd.Config)
+    depth: mlp_depth_modadd.Config = nested(mlp_depth_modadd.Config)
+    picks: list = field(default_factory=lambda: ["before", "after", "final"])
+    matrices: list = field(default_factory=lambda: list(CURVATURES))
+    n_eigenvectors: int = 20
+    lanczos_tol: float = 1e-5
+    cluster_eps: float = 0.02
+    n_null: int = 200
+    n_ablation_null: int = 50
+    n_ablation_draws: int = 50
+    n_boot: int = 1000
+    probe_widths: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    probe_seeds: list = field(default_factory=lambda: [0, 1, 2])
+    probe_depth: int = 2
+    probe_fraction: float = 0.5
+    probe_ridge: float = 1e-3
+    probe_shuffles: int = 3
+    scheduler: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.grokking, grokking_modadd.Config):
+            raise checks.ConfigError(f"grokking={self.grokking!r} must be a grokking_modadd.Config (or, in "
+                                     "from_parameters, a dict of its parameters)")
+        if not isinstance(self.depth, mlp_depth_modadd.Config):
+            raise checks.ConfigError(f"depth={self.depth!r} must be a mlp_depth_modadd.Config (or, in "
+                                     "from_parameters, a dict of its parameters)")
+        checks.prime("depth.p", self.depth.p)
+        if self.depth.p < 5:
+            raise checks.ConfigError(f"depth.p={self.depth.p} must be >= 5 (a Fourier analysis needs frequencies)")
+        if (not isinstance(self.picks, (list, tuple)) or not self.picks
+                or not all(isinstance(x, str) for x in self.picks) or not set(self.picks) <= set(_PICKS)
+                or len(set(self.picks)) != len(self.picks)):
+            raise checks.ConfigError(f"picks={self.picks!r} must be a non-empty list of distinct picks of "
+                                     f"{list(_PICKS)}")
+        if (not isinstance(self.matrices, (list, tuple)) or not self.matrices
+                or not set(self.matrices) <= set(CURVATURES) or len(set(self.matrices)) != len(self.matrices)):
+            raise checks.ConfigError(f"matrices={self.matrices!r} must be a non-empty list of distinct matrices "
+                                     f"of {list(CURVATURES)}")
+        for name in ("n_eigenvectors", "n_null", "n_ablation_null", "n_boot", "probe_depth", "probe_shuffles"):
+            checks.positive_int(name, getattr(self, name))
+        if self.n_eigenvectors < 2:
+            raise checks.ConfigError(f"n_eigenvectors={self.n_eigenvectors} must be >= 2 (clusters need pairs)")
+        checks.positive_int("n_ablation_draws", self.n_ablation_draws)
+        if self.n_ablation_draws < 20:
+            raise checks.ConfigError(f"n_ablation_draws={self.n_ablation_draws} must be >= 20 (the control's "
+                                     "distribution is shown)")
+        if self.n_null < 20:
+            raise checks.ConfigError(f"n_null={self.n_null} must be >= 20 (its 95th percentile is the bar)")
+        checks.positive_float("lanczos_tol", self.lanczos_tol)
+        checks.positive_float("cluster_eps", self.cluster_eps)
+        checks.positive_float("probe_ridge", self.probe_ridge)
+        checks.fraction("probe_fraction", self.probe_fraction)
+        checks.int_list("probe_widths", self.probe_widths, minimum=1)
+        checks.int_list("probe_seeds", self.probe_seeds)
+        for name in ("probe_widths", "probe_seeds"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise checks.ConfigError(f"{name}={getattr(self, name)!r} has repeated entries")
+        checks.scheduler("scheduler", self.scheduler)
+
+    @property
+    def smoke(self) -> bool:
+        """A smoke run: numbers are computed and glued, but no sentence renders a verdict."""
+        return self.preset == "smoke"
+
+    def probe_recipe(self) -> dict[str, Any]:
+        """The depth chapter's training recipe (everything but width and seed) at ``probe_depth``."""
+        d = self.depth
+        return dict(p=d.p, depth=self.probe_depth, input_encoding=d.input_encoding, train_fraction=d.train_fraction,
+                    split_seed=d.split_seed, n_steps=d.n_steps, lr=d.lr, weight_decay=d.weight_decay,
+                    betas=list(d.betas), log_every=d.log_every)
+
+    def probe_settings(self) -> dict[str, Any]:
+        return dict(probe_fraction=self.probe_fraction, probe_ridge=self.probe_ridge,
+                    probe_shuffles=self.probe_shuffles)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Words and small statistics (tested)
+
+
+def pooled_share(vectors: np.ndarray, model, block: str, rows: torch.Tensor) -> float:
+    """Share of the pooled ``block`` weight of ``vectors`` (``[P, m]``) that lies in the token subspace of
+    ``rows``: ``Σ_i ||Π v_i,block||² / Σ_i ||v_i,block||²`` (NaN when the vectors have no weight in the block)."""
+    shares = token_masses(vectors, model, block, rows)
+    weights = block_masses(vectors, model)[block]
+    ok = np.isfinite(shares)
+    return float(np.sum(shares[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() and np.sum(weights[ok]) > 0 \
+        else float("nan")
+
+
+def concentration_word(value: float, null_q95: float, *, smoke: bool) -> str:
+    """``"concentrates on the key frequencies"`` when ``value`` exceeds the null's 95th percentile, ``"does not
+    concentrate on the key frequencies (inside the null)"`` otherwise; a smoke run renders no verdict."""
+    if smoke:
+        return SMOKE_WORDS
+    if not np.isfinite(value):
+        return "has no weight in this block"
+    return "concentrates on the key frequencies" if value > null_q95 else \
+        "does not concentrate on the key frequencies (inside the null)"
+
+
+def ablation_word(key_accuracy: float, clean_accuracy: float, random_accuracy: np.ndarray, *, smoke: bool) -> str:
+    """How the key-frequency ablation compares with its control draws."""
+    if smoke:
+        return SMOKE_WORDS
+    random_accuracy = np.asarray(random_accuracy, dtype=float)
+    if key_accuracy < random_accuracy.min():
+        return (f"hurts more than every one of the {len(random_accuracy)} random draws (accuracy "
+                f"{100 * key_accuracy:.1f} % against at least {100 * random_accuracy.min():.1f} %)")
+    return (f"does not hurt more than every random draw ({int((random_accuracy <= key_accuracy).sum())} of "
+            f"{len(random_accuracy)} draws leave accuracy at or below its {100 * key_accuracy:.1f} %)")
+
+
+def stand_in_frequencies(norms: np.ndarray, n: int) -> list[int]:
+    """The ``n`` frequencies with the largest norms (``norms[k]`` for frequency ``k``; index 0, the constant, is
+    skipped), ascending: what the chapter analyses in place of key frequencies when no neuron has one."""
+    norms = np.asarray(norms, dtype=float)
+    order = np.argsort(norms[1:])[::-1][:n] + 1
+    return sorted(int(k) for k in order)
+
+
+def circle_ratio(embedding: torch.Tensor, p: int, k: int) -> float:
+    """How circular the tokens' embedding is in the plane of frequency ``k``: the ratio of the smaller to the larger
+    singular value of ``F_k W`` (``[2, d]``, ``W = W_E[:p]``); 1 is a circle, 0 a line."""
+    S = torch.linalg.svdvals(frequency_rows(p, [k]) @ torch.as_tensor(embedding, dtype=torch.float64))
+    return float(S[-1] / S[0]) if S[0] > 0 else float("nan")
+
+
+def cluster_frequency_agreement(values: np.ndarray, frequencies: np.ndarray, key: list[int], eps: float,
+                                rng: np.random.Generator, n_null: int) -> dict[str, Any]:
+    """Whether the ε-clusters of the top eigenvalues are the vectors' dominant frequencies.
+
+    Returns ``ari`` (clusters against dominant frequencies) and its permutation null's 95th percentile ``ari_q95``
+    (frequency labels shuffled over the vectors), ``n_clusters``, ``n_pairs`` (clusters of exactly two eigenvalues,
+    the near-degenerate pairs), ``n_pairs_same_key`` (pairs whose two vectors share a dominant *key* frequency), and
+    ``labels``.
+    """
+    values, frequencies = np.asarray(values, dtype=float), np.asarray(frequencies)
+    labels = cluster_labels(values, eps)
+    ari = adjusted_rand_index(labels, frequencies) if len(set(labels)) > 1 or len(set(frequencies)) > 1 else 0.0
+    null = np.array([adjusted_rand_index(labels, rng.permutation(frequencies)) for _ in range(n_null)])
+    pairs = [np.flatnonzero(labels == c) for c in np.unique(labels) if (labels == c).sum() == 2]
+    same = sum(1 for i, j in pairs if frequencies[i] == frequencies[j] and int(frequencies[i]) in key)
+    return dict(ari=float(ari), ari_q95=float(np.quantile(null, 0.95)), n_clusters=int(len(np.unique(labels))),
+                n_pairs=len(pairs), n_pairs_same_key=int(same), labels=labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The MLP runs and their probes (tasks)
+
+
+def probe_run(results_dir: str, *, width: int, seed: int, p: int, depth: int, input_encoding: str,
+              train_fraction: float, split_seed: int, n_steps: int, lr: float, weight_decay: float, betas,
+              log_every: int, depth_chapter_hessian_every: int | None = None,
+              progress: bool | None = False) -> tuple[ResultStore, list[dict]]:
+    """Train (or read) one MLP of the depth chapter's recipe, saving step 0 (the control) and the last step.
+
+    If the depth chapter trained the same run (same training parameters, its ``hessian_every`` given), its store is
+    read instead. Returns ``(store, log)``; the store holds ``checkpoint_0000000`` and ``checkpoint_{n_steps}``.
+    """
+    params = dict(p=p, depth=depth, width=width, input_encoding=input_encoding, train_fraction=train_fraction,
+                  split_seed=split_seed, seed=seed, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
+                  betas=list(betas), log_every=log_every)
+    if depth_chapter_hessian_every is not None:
+        for store in ResultStore.find(results_dir, "mlp_depth_modadd",
+                                      **params, hessian_every=depth_chapter_hessian_every):
+            if store.verified(checkpoint_name(0)) and store.verified(checkpoint_name(n_steps)):
+                return store, store.load(checkpoint_name(n_steps))["log"]
+    store = ResultStore(results_dir, "mechanistic_modadd_mlp", params)
+    split = modular_addition_split(p, train_fraction, split_seed, with_equals=False)
+    model = ModAddMLP(p, depth, width, input_encoding, seed)
+    log = train_full_batch_adamw(model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=[0, n_steps],
+                                 lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+                                 log_steps=range(0, n_steps + 1, log_every),
+                                 evaluate=full_batch_evaluator(split["train"], split["test"]), progress=progress,
+                                 desc=f"width {width} seed {seed}")
+    return store, log
+
+
+def _mlp_at(store: ResultStore, step: int, p: int, depth: int, width: int, input_encoding: str, seed: int):
+    model = ModAddMLP(p, depth, width, input_encoding, seed)
+    model.load_state_dict(store.load(checkpoint_name(step))["model"])
+    return model.eval()
+
+
+def probe_task(*, results_dir: str, width: int, seed: int, recipe: dict, settings: dict,
+               depth_chapter_hessian_every: int | None, threads: int = 1, progress: bool | None = False) -> dict:
+    """One MLP run (:func:`probe_run`) and its analysis: the first layer's Fourier norms, the key frequencies of each
+    hidden layer, restricted and excluded loss of its logits, and the probes of every concept at every layer with
+    their controls. Stored in a child store keyed by the run's key and the probe settings; returns the record."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        store, log = probe_run(results_dir, width=width, seed=seed, **recipe,
+                               depth_chapter_hessian_every=depth_chapter_hessian_every, progress=progress)
+        analysis = ResultStore(results_dir, "mechanistic_modadd_probes", dict(run=store.key, **settings))
+        return analysis.cached("analysis", lambda: _analyse_mlp(store, log, width, seed, recipe, settings))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _analyse_mlp(store: ResultStore, log: list[dict], width: int, seed: int, recipe: dict, settings: dict) -> dict:
+    started = time.perf_counter()
+    p, depth, n_steps = recipe["p"], recipe["depth"], recipe["n_steps"]
+    trained = _mlp_at(store, n_steps, p, depth, width, recipe["input_encoding"], seed)
+    initial = _mlp_at(store, 0, p, depth, width, recipe["input_encoding"], seed)
+    pairs = all_pairs(p)[:, :2]
+    features, init_features = mlp_layer_features(trained, pairs), mlp_layer_features(initial, pairs)
+    out: dict[str, Any] = dict(width=width, seed=seed, final_train=log[-1]["train_acc"],
+                               final_test=log[-1]["test_acc"], train_seconds=log[-1]["train_seconds"])
+    if recipe["input_encoding"] == "onehot":
+        E_a, E_b = mlp_first_layer(trained)
+        I_a, _ = mlp_first_layer(initial)
+        out["norms_a"], out["norms_b"] = fourier_norms(E_a, p).numpy(), fourier_norms(E_b, p).numpy()
+        out["gini_a"], out["gini_b"] = gini(out["norms_a"][1:]), gini(out["norms_b"][1:])
+        out["gini_a_init"] = gini(fourier_norms(I_a, p)[1:])
+    keys = {}
+    for name, acts in features.items():
+        if name.startswith("hidden"):
+            keys[name] = key_frequencies(acts.reshape(p, p, -1))
+    out["key_frequencies"] = keys
+    first = keys.get("hidden 1", [])
+    logits = features["logits"].reshape(p, p, p)
+    target = (pairs[:, 0] + pairs[:, 1]) % p
+    out["loss_all"] = float(torch.nn.functional.cross_entropy(features["logits"], target))
+    if first:
+        restricted, _ = logit_components(logits, first)
+        centred = logits - logits.mean(2, keepdim=True)
+        out["restricted_share"] = float((restricted ** 2).sum() / (centred ** 2).sum())
+        from ..circuit import excluded_loss_from_logits, restricted_loss_from_logits
+        out["restricted_loss"] = restricted_loss_from_logits(logits, first)
+        out["excluded_loss"] = excluded_loss_from_logits(logits, first)
+    else:
+        out["restricted_share"] = out["restricted_loss"] = out["excluded_loss"] = float("nan")
+    rows = []
+    for concept in CONCEPTS:
+        labels = concept_labels(concept, pairs, p)
+        for layer in features:
+            s = probe_with_controls(features[layer], init_features[layer], labels,
+                                    probe_fraction=settings["probe_fraction"], ridge=settings["probe_ridge"],
+                                    n_shuffles=settings["probe_shuffles"], seed=seed)
+            rows.append(dict(concept=concept, layer=layer, trained=s.trained, at_init=s.at_init, shuffled=s.shuffled,
+                             chance=s.chance, trained_train=s.trained_train))
+    out["probes"] = rows
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Result
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the chapter computed (tables are DataFrames; ``glued()`` gives every number and word of the prose)."""
+
+    config: Config
+    grokked: bool
+    final_step: int
+    final_train_acc: float
+    final_test_acc: float
+    picks: dict
+    key_frequencies: list
+    analysed_frequencies: list
+    norms_embed: np.ndarray
+    norms_unembed: np.ndarray
+    gini_embed: float
+    gini_unembed: float
+    gini_embed_init: float
+    planes: dict
+    circle_ratios: dict
+    residue_means: np.ndarray
+    residue_fit: np.ndarray
+    restricted_share: float
+    progress: dict
+    ablations: dict
+    effects: pd.DataFrame
+    neuron_groups: dict
+    concentration: pd.DataFrame
+    clusters: pd.DataFrame
+    cluster_values: dict
+    eigen_sources: dict
+    mlp_runs: list
+    probes: pd.DataFrame
+    mlp_reference: dict
+    timings: dict
+
+    # --- verdict words -------------------------------------------------------------------------------------------
+
+    def _row(self, pick: str, matrix: str, block: str, end: str = "top") -> pd.Series | None:
+        c = self.concentration
+        rows = c[(c.pick == pick) & (c.matrix == matrix) & (c.block == block) & (c.end == end)]
+        return rows.iloc[0] if len(rows) else None
+
+    def sees_circuit(self, matrix: str, pick: str) -> bool:
+        """The matrix's top eigenvectors concentrate on the key frequencies in W_E or W_U at ``pick`` (above the
+        null's 95th percentile)."""
+        return any(bool(r is not None and r.above) for r in (self._row(pick, matrix, "W_E"),
+                                                           self._row(pick, matrix, "W_U")))
+
+    def answer_pick(self) -> str:
+        """The pick the chapter's answer is read at: ``after`` if examined, else the last examined."""
+        return "after" if "after" in self.config.picks else self.config.picks[-1]
+
+    def glued(self) -> dict[str, Any]:
+        c, smoke = self.config, self.config.smoke
+        g = c.grokking
+        out: dict[str, Any] = {
+            "p": g.p, "final_step": self.final_step, "final_train_pct": 100 * self.final_train_acc,
+            "final_test_pct": 100 * self.final_test_acc,
+            "grokked_word": ("smoke run: the run is not judged" if smoke else
+                             ("reached" if self.grokked else "did not reach")),
+            "transition_high_pct": 100 * g.transition_high,
+            "key_frequencies": ", ".join(map(str, self.key_frequencies)) or "none",
+            "n_key": len(self.key_frequencies),
+            "analysed_frequencies": ", ".join(map(str, self.analysed_frequencies)),
+            "frequency_note": ("the key frequencies of the MLP neurons" if self.key_frequencies else
+                               f"no neuron has a key frequency, so the {len(self.analysed_frequencies)} frequencies "
+                               f"with the largest W_E norms stand in for them; nothing below is a circuit"),
+            "gini_embed": self.gini_embed, "gini_unembed": self.gini_unembed, "gini_embed_init": self.gini_embed_init,
+            "restricted_share_pct": 100 * self.restricted_share,
+            "restricted_loss": self.progress["restricted_loss"], "excluded_loss": self.progress["excluded_loss"],
+            "train_loss": self.progress["train_loss"],
+            "circle_min": min(self.circle_ratios.values()) if self.circle_ratios else float("nan"),
+            "circle_max": max(self.circle_ratios.values()) if self.circle_ratios else float("nan"),
+            "n_eigenvectors": c.n_eigenvectors, "n_null": c.n_null, "n_ablation_null": c.n_ablation_null,
+            "n_boot": c.n_boot, "cluster_eps": c.cluster_eps, "n_probe_runs": len(self.mlp_runs),
+            "probe_widths": ", ".join(map(str, c.probe_widths)), "n_probe_seeds": len(c.probe_seeds),
+            "probe_fraction_pct": 100 * c.probe_fraction,
+            "picks": ", ".join(f"{name} (step {step})" for name, step in self.picks.items()),
+            "eigen_sources": "; ".join(f"{m} at {pk}: {s}" for (pk, m), s in self.eigen_sources.items()),
+            "total_minutes": self.timings.get("total", float("nan")) / 60,
+        }
+        if not self.key_frequencies:
+            out["circuit_claim"] = "No neuron has a key frequency, so no circuit is claimed."
+        elif not self.grokked and not smoke:
+            out["circuit_claim"] = ("The run did not generalise, so no circuit is claimed; the analyses below run "
+                                    "on it all the same.")
+        elif smoke:
+            out["circuit_claim"] = "Smoke run: no circuit is claimed."
+        else:
+            out["circuit_claim"] = (f"The run generalised and its neurons use the key frequencies "
+                                    f"{out['key_frequencies']}.")
+        for block, a in self.ablations.items():
+            out[f"ablate_{block}_clean_pct"] = 100 * a.clean["accuracy"]
+            out[f"ablate_{block}_key_pct"] = 100 * a.key["accuracy"]
+            out[f"ablate_{block}_random_min_pct"] = 100 * a.random_accuracy.min()
+            out[f"ablate_{block}_random_median_pct"] = 100 * np.median(a.random_accuracy)
+            out[f"ablate_{block}_n_draws"] = len(a.random_accuracy)
+            out[f"ablate_{block}_word"] = ablation_word(a.key["accuracy"], a.clean["accuracy"], a.random_accuracy,
+                                                        smoke=smoke)
+        e = self.effects
+        for mode in ("mean", "patch"):
+            rows = e[e["mode"] == mode]
+            if len(rows):
+                top = rows.sort_values("accuracy drop", ascending=False).iloc[0]
+                out[f"{mode}_top_component"] = top["component"]
+                out[f"{mode}_top_drop_pct"] = 100 * top["accuracy drop"]
+                out[f"{mode}_top_low_pct"] = 100 * top["accuracy low"]
+                out[f"{mode}_top_high_pct"] = 100 * top["accuracy high"]
+        pick = self.answer_pick()
+        out["answer_pick"] = f"{pick} (step {self.picks[pick]})"
+        seers = [m for m in c.matrices if self.sees_circuit(m, pick)]
+        for m in c.matrices:
+            for block in ("W_E", "W_U"):
+                r = self._row(pick, m, block)
+                if r is not None:
+                    out[f"conc_{m}_{block}_pct"] = 100 * r.share
+                    out[f"conc_{m}_{block}_q95_pct"] = 100 * r.null_q95
+                    out[f"conc_{m}_{block}_expected_pct"] = 100 * r.expected
+                    out[f"conc_{m}_{block}_word"] = concentration_word(r.share, r.null_q95, smoke=smoke)
+        cl = self.clusters
+        for m in c.matrices:
+            rows = cl[(cl.pick == pick) & (cl.matrix == m)]
+            if len(rows):
+                r = rows.iloc[0]
+                out[f"clusters_{m}_ari"] = r.ari
+                out[f"clusters_{m}_ari_q95"] = r.ari_q95
+                out[f"clusters_{m}_pairs"] = int(r.n_pairs)
+                out[f"clusters_{m}_pairs_key"] = int(r.n_pairs_same_key)
+                out[f"clusters_{m}_ablation_loss"] = r.ablation_loss
+                out[f"clusters_{m}_ablation_q95"] = r.ablation_q95
+                out[f"clusters_{m}_ablation_block"] = r.ablation_block
+                out[f"clusters_{m}_ablation_dim"] = int(r.ablation_dim)
+        n_cluster_key = int(sum(bool(r.ari > r.ari_q95) for r in cl[cl.pick == pick].itertuples()))
+        n_ablation_more = int(sum(bool(r.ablation_loss > r.ablation_q95) for r in cl[cl.pick == pick].itertuples()))
+        n_matrices = len(c.matrices)
+        if smoke:
+            out["answer"] = ("Smoke run: no verdict on whether an eigenvalue cluster is a circuit (the numbers above "
+                             "come from a few hundred steps of a tiny model).")
+            out["seers"] = SMOKE_WORDS
+        else:
+            names = ", ".join(m.replace("_", " ") for m in seers) or "none of them"
+            out["seers"] = (f"{len(seers)} of the {n_matrices} matrices ({names}) have top eigenvectors that "
+                            f"concentrate on the key frequencies of W_E or W_U beyond the random-subspace null at "
+                            f"{pick}")
+            claim = "is not supported" if not (seers and n_cluster_key and n_ablation_more) else \
+                "is supported only in part" if n_cluster_key < n_matrices or n_ablation_more < n_matrices else \
+                "is supported"
+            if not self.grokked or not self.key_frequencies:
+                claim = ("cannot be tested here (the run did not generalise)" if not self.grokked else
+                         "cannot be tested here (no neuron has a key frequency)")
+            out["answer"] = (f"At {pick}, the claim that an eigenvalue cluster is a circuit {claim}: "
+                             f"{out['seers']}; the ε-clusters of the top eigenvalues match the vectors' dominant "
+                             f"frequencies beyond the permutation null for {n_cluster_key} of {n_matrices} matrices; "
+                             f"ablating the top cluster's subspace costs more loss than the null's 95th percentile "
+                             f"of random subspaces of the same size in the same block for {n_ablation_more} of "
+                             f"{n_matrices}.")
+        # MLPs
+        ref = self.mlp_reference
+        out["mlp_width"], out["mlp_seed"], out["mlp_depth"] = ref.get("width"), ref.get("seed"), c.probe_depth
+        out["mlp_test_pct"] = 100 * ref.get("final_test", float("nan"))
+        out["mlp_gini_a"] = ref.get("gini_a", float("nan"))
+        out["mlp_gini_a_init"] = ref.get("gini_a_init", float("nan"))
+        out["mlp_keys_1"] = ", ".join(map(str, ref.get("key_frequencies", {}).get("hidden 1", []))) or "none"
+        out["mlp_restricted_share_pct"] = 100 * ref.get("restricted_share", float("nan"))
+        out["mlp_restricted_loss"] = ref.get("restricted_loss", float("nan"))
+        out["mlp_loss_all"] = ref.get("loss_all", float("nan"))
+        out["mlp_generalised"] = int(sum(r["final_test"] >= g.transition_high for r in self.mlp_runs))
+        pr = self.probes
+        for concept in CONCEPTS:
+            key = _concept_key(concept)
+            rows = pr[(pr.concept == concept)]
+            beats = rows[(rows.trained > rows.at_init_max) & (rows.trained > rows.shuffled_max)]
+            out[f"probe_{key}_beats"] = len(beats)
+            out[f"probe_{key}_cells"] = len(rows)
+            last = rows[rows.layer == "hidden 1"]
+            if len(last):
+                out[f"probe_{key}_h1_trained_pct"] = 100 * last.trained.mean()
+                out[f"probe_{key}_h1_init_pct"] = 100 * last.at_init.mean()
+                out[f"probe_{key}_h1_shuffled_pct"] = 100 * last.shuffled.mean()
+                out[f"probe_{key}_chance_pct"] = 100 * last.chance.mean()
+        return out
+
+    # --- tables ---------------------------------------------------------------------------------------------------
+
+    def ablation_table(self) -> pd.DataFrame:
+        rows = []
+        for block, a in self.ablations.items():
+            rows.append({"block": block, "ablated": f"key frequencies {a.frequencies}", "dimension":
+                         2 * len(a.frequencies) * self.config.grokking.d_model,
+                         "accuracy %": 100 * a.key["accuracy"], "loss": a.key["loss"]})
+            rows.append({"block": block, "ablated": f"{len(a.random_accuracy)} random non-key sets (median)",
+                         "dimension": 2 * len(a.frequencies) * self.config.grokking.d_model,
+                         "accuracy %": 100 * np.median(a.random_accuracy), "loss": float(np.median(a.random_loss))})
+        return pd.DataFrame(rows)
+
+    def check_text(self) -> str:
+        """Deterministic facts for the page's checked output."""
+        return "\n".join([
+            f"key frequencies: {self.key_frequencies}",
+            f"picks: {sorted(self.picks)}",
+            f"matrices: {list(self.config.matrices)}",
+            f"concentration rows: {len(self.concentration)}",
+            f"cluster rows: {len(self.clusters)}",
+            f"MLP runs: {len(self.mlp_runs)}",
+            f"probe cells: {len(self.probes)}",
+            f"every share in [0, 1]: {bool(((self.concentration.share.dropna() >= 0) & (self.concentration.share.dropna() <= 1 + 1e-9)).all())}",
+        ])
+
+
+def _concept_key(concept: str) -> str:
+    return {"a mod 2": "a_parity", "(a + b) mod 2": "sum_parity", "answer (a + b mod p)": "answer"}[concept]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The computation
+
+
+def _eigenpairs(config: Config, run, step: int, matrix: str, batch) -> CurvatureEigenpairs:
+    g, k = config.grokking, config.n_eigenvectors
+    if matrix == "hessian":
+        for dense_store in ResultStore.find(g.results_dir, "grokking_modadd_dense", run=run.store.key,
+                                            hessian_samples=g.hessian_samples, subsample="stratified"):
+            name = f"dense_{step:07d}"
+            if dense_store.params.get("n_vectors", 0) >= k and dense_store.verified(name):
+                d = dense_store.load(name)
+                values = np.asarray(d.eigenvalues)
+                return CurvatureEigenpairs(matrix, values[::-1][:k].copy(), np.asarray(d.top_vectors)[:, :k],
+                                           values[:k].copy(), np.asarray(d.bottom_vectors)[:, :k], 0,
+                                           d.seconds_hessian + d.seconds_eig, "dense")
+    store = ResultStore(config.results_dir, "mechanistic_modadd_eigen",
+                        dict(run=run.store.key, hessian_samples=g.hessian_samples, subsample="stratified",
+                             matrix=matrix, k=k, tol=config.lanczos_tol))
+    return store.cached(f"eigen_{step:07d}", lambda: curvature_eigenpairs(
+        run.model_at(step), batch, matrix, k=k, tol=config.lanczos_tol, seed=g.seed))
+
+
+def _neuron_groups(model, p: int, key: list[int]) -> dict[str, list[int]]:
+    acts = mlp_activations(model, p)
+    freq, share = neuron_frequencies(acts)
+    threshold = key_frequency_threshold(p, acts.shape[2])
+    groups: dict[str, list[int]] = {}
+    for k in key:
+        members = [int(i) for i in torch.nonzero((freq == k) & (share >= threshold - 1e-12)).flatten()]
+        if members:
+            groups[f"MLP neurons, frequency {k}"] = members
+    assigned = {i for v in groups.values() for i in v}
+    rest = [i for i in range(acts.shape[2]) if i not in assigned]
+    if rest:
+        groups["MLP neurons, no key frequency"] = rest
+    return groups
+
+
+def run(config: Config, *, progress: bool | None = None) -> Result:
+    """Read (or train) the runs, compute every analysis (curvature eigenpairs and MLP analyses stored as they
+    complete), and return the :class:`Result`. Computes on one torch thread, like the grokking chapter."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(config, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(config: Config, *, progress: bool | None) -> Result:
+    from tqdm.std import tqdm
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    show = show_progress(progress)
+    c, g = config, config.grokking
+    rng = np.random.default_rng(g.seed)
+
+    # 1. the circuit of the grokked transformer
+    t0 = time.perf_counter()
+    main = grokking_modadd.main_run(g, progress=progress)
+    picks = grokking_modadd.transition_picks(main, g)
+    picks = {name: picks[name] for name in c.picks}
+    final_step = main.checkpoint_steps[-1]
+    model = main.model_at(final_step)
+    p = g.p
+    last = main.log[-1]
+    grokked = bool(last["test_acc"] >= g.transition_high)
+    key = key_frequencies(mlp_activations(model, p))
+    W_E = model.W_E.detach().double()[:p]
+    norms_embed = fourier_norms(W_E, p).numpy()
+    # without key frequencies the tests still run, on the embedding's strongest frequencies (and say so)
+    analysed = list(key) or stand_in_frequencies(norms_embed, N_STAND_IN)
+    norms_unembed = fourier_norms(model.W_U.detach().double().T, p).numpy()
+    init = main.model_at(0)
+    planes, ratios = {}, {}
+    for k in analysed:
+        C = frequency_rows(p, [k]) @ W_E                                        # [2, d]
+        _, _, Vh = torch.linalg.svd(C, full_matrices=False)
+        part = fourier_basis(p)[[2 * k - 1, 2 * k]].T @ C                      # [p, d]: W_E's frequency-k part
+        planes[k] = (part @ Vh.T).numpy()                                      # [p, 2]
+        ratios[k] = circle_ratio(W_E, p, k)
+    table = logits_table(model, p)
+    restricted, _ = logit_components(table, analysed)
+    centred = table - table.mean(2, keepdim=True)
+    idx = torch.arange(p)
+    residue = (idx[:, None, None] + idx[None, :, None] - idx[None, None, :]) % p
+    counts = torch.bincount(residue.reshape(-1), minlength=p).double()
+    residue_means = (torch.zeros(p, dtype=torch.float64).index_add_(0, residue.reshape(-1), centred.reshape(-1))
+                     / counts).numpy()
+    residue_fit = (torch.zeros(p, dtype=torch.float64).index_add_(0, residue.reshape(-1), restricted.reshape(-1))
+                   / counts).numpy()
+    restricted_share = float((restricted ** 2).sum() / (centred ** 2).sum())
+    split = modular_addition_split(p, g.train_fraction, g.split_seed)
+    progress_values = progress_measures(model, p, train=split["train"], frequencies=analysed)
+    timings["circuit"] = time.perf_counter() - t0
+
+    # 2. causal checks
+    t0 = time.perf_counter()
+    every = (all_pairs(p), (all_pairs(p)[:, 0] + all_pairs(p)[:, 1]) % p)
+    ablations = {block: frequency_ablation(model, analysed, every, block=block, n_draws=c.n_ablation_draws,
+                                           seed=g.seed) for block in ("W_E", "W_U")}
+    groups = _neuron_groups(model, p, key)
+    components = transformer_components(model, groups, analysed)
+    rows = []
+    for mode in ("mean", "patch"):
+        for e in component_effects(model, components, mode=mode, n_boot=c.n_boot, seed=g.seed):
+            rows.append({"mode": mode, "component": e.component, "accuracy drop": e.accuracy_drop,
+                         "accuracy low": e.accuracy_low, "accuracy high": e.accuracy_high,
+                         "correct-logit drop": e.logit_drop, "logit low": e.logit_low, "logit high": e.logit_high,
+                         "accuracy after": e.accuracy_after})
+    effects = pd.DataFrame(rows)
+    timings["causal"] = time.perf_counter() - t0
+
+    # 3. the curvature matrices' view
+    t0 = time.perf_counter()
+    batch = grokking_modadd.hessian_batch(g)
+    key_rows = frequency_rows(p, analysed)
+    conc_rows, cluster_rows, cluster_values, sources = [], [], {}, {}
+    jobs = [(pick, m) for pick in c.picks for m in c.matrices]
+    for pick, m in tqdm(jobs, desc="curvature eigenvectors", disable=not show):
+        step = picks[pick]
+        pairs = _eigenpairs(c, main, step, m, batch)
+        sources[pick, m] = pairs.source
+        at = main.model_at(step)
+        for end, vectors in (("top", pairs.top_vectors), ("bottom", pairs.bottom_vectors)):
+            if vectors.shape[1] == 0:
+                continue
+            shares = block_masses(vectors, at, {g_: [t for t in ts if t in dict(at.named_parameters())]
+                                                for g_, ts in COMPONENT_BLOCKS.items()})
+            for block in ("W_E", "W_U"):
+                row = dict(pick=pick, step=step, matrix=m, end=end, block=block,
+                           **{f"mass {name}": float(v.mean()) for name, v in shares.items()})
+                share = pooled_share(vectors, at, block, key_rows)
+                null = np.array([pooled_share(vectors, at, block, random_token_rows(p, len(key_rows), rng))
+                                 for _ in range(c.n_null)])
+                q95, above = null_quantile(null, share) if np.isfinite(share) else (float("nan"), False)
+                conc_rows.append(dict(row, share=share, null_q95=q95, null_median=float(np.median(null)),
+                                      expected=len(key_rows) / (p - 1), above=above))
+        # clusters of the top eigenvalues
+        values, vectors = pairs.top_values, pairs.top_vectors
+        dominant, _ = dominant_frequencies(vectors, at, "W_E")
+        eps = c.cluster_eps * abs(values[0]) if values[0] != 0 else c.cluster_eps
+        agreement = cluster_frequency_agreement(values, dominant, analysed, eps, rng, c.n_null)
+        cluster_values[pick, m] = dict(values=values, dominant=dominant, labels=agreement.pop("labels"))
+        top = np.flatnonzero(cluster_values[pick, m]["labels"] == cluster_values[pick, m]["labels"][0])
+        masses = block_masses(vectors[:, top], at)
+        block = max(masses, key=lambda b: masses[b].sum())
+        sl = dict((n, s) for n, s in _slices(at).items())[block]
+        basis = orthonormal_basis(vectors[sl, top])
+        data = every
+        loss_cluster = evaluate(ablate_subspace(at, block, basis), data)["loss"] if basis.shape[1] else float("nan")
+        null_losses = np.array([evaluate(ablate_subspace(at, block, random_block_basis(sl.stop - sl.start,
+                                                                                       basis.shape[1], rng)),
+                                         data)["loss"] for _ in range(c.n_ablation_null)]) if basis.shape[1] else \
+            np.array([float("nan")])
+        cluster_rows.append(dict(pick=pick, step=step, matrix=m, **agreement, top_cluster_size=len(top),
+                                 ablation_block=block, ablation_dim=int(basis.shape[1]),
+                                 clean_loss=evaluate(at, data)["loss"], ablation_loss=loss_cluster,
+                                 ablation_q95=float(np.quantile(null_losses, 0.95)),
+                                 ablation_null_median=float(np.median(null_losses))))
+    concentration = pd.DataFrame(conc_rows)
+    clusters = pd.DataFrame(cluster_rows)
+    timings["curvature"] = time.perf_counter() - t0
+
+    # 4. the MLPs
+    t0 = time.perf_counter()
+    d = c.depth
+    reuse = d.hessian_every if c.probe_depth in d.depths else None
+    tasks = [dict(results_dir=c.results_dir, width=w, seed=s, recipe=c.probe_recipe(), settings=c.probe_settings(),
+                  depth_chapter_hessian_every=reuse, progress=progress if c.scheduler == "serial" else False)
+             for s in c.probe_seeds for w in c.probe_widths]
+    mlp_runs = [r.value for r in run_tasks(probe_task, tasks, scheduler=c.scheduler, desc="MLP runs", progress=show)]
+    probe_rows = [dict(width=r["width"], seed=r["seed"], **row) for r in mlp_runs for row in r["probes"]]
+    per_seed = pd.DataFrame(probe_rows)
+    probes = (per_seed.groupby(["concept", "layer", "width"], sort=False)
+              .agg(trained=("trained", "mean"), trained_min=("trained", "min"), at_init=("at_init", "mean"),
+                   at_init_max=("at_init", "max"), shuffled=("shuffled", "mean"), shuffled_max=("shuffled", "max"),
+                   chance=("chance", "mean"), n_seeds=("seed", "count")).reset_index())
+    reference_width = d.width if d.width in c.probe_widths else c.probe_widths[-1]
+    mlp_reference = next(r for r in mlp_runs if r["width"] == reference_width and r["seed"] == c.probe_seeds[0])
+    timings["mlp"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+
+    return Result(config=c, grokked=grokked, final_step=final_step, final_train_acc=float(last["train_acc"]),
+                  final_test_acc=float(last["test_acc"]), picks=picks, key_frequencies=list(key),
+                  analysed_frequencies=analysed,
+                  norms_embed=norms_embed, norms_unembed=norms_unembed, gini_embed=gini(norms_embed[1:]),
+                  gini_unembed=gini(norms_unembed[1:]),
+                  gini_embed_init=gini(fourier_norms(init.W_E.detach().double()[:p], p)[1:]), planes=planes,
+                  circle_ratios=ratios, residue_means=residue_means, residue_fit=residue_fit,
+                  restricted_share=restricted_share, progress=progress_values, ablations=ablations, effects=effects,
+                  neuron_groups={k_: len(v) for k_, v in groups.items()}, concentration=concentration,
+                  clusters=clusters, cluster_values=cluster_values, eigen_sources=sources, mlp_runs=mlp_runs,
+                  probes=probes, mlp_reference=mlp_reference, timings=timings)
+
+
+def _slices(model) -> dict[str, slice]:
+    from ..mechanism import block_slices
+
+    return block_slices(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_fourier_norms(result: Result):
+    """Norm of W_E's and W_U's part at each frequency (key frequencies marked), with W_E at initialisation."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), dpi=_DPI)
+    k = np.arange(1, len(result.norms_embed))
+    for ax, norms, title in ((axes[0], result.norms_embed, "W_E (token embedding)"),
+                             (axes[1], result.norms_unembed, "W_U (unembedding)")):
+        ax.bar(k, norms[1:], color=["C3" if f in result.key_frequencies else "C0" for f in k])
+        ax.set(xlabel="frequency k", ylabel="norm of the frequency-k part", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_key_planes(result: Result):
+    """Each token's embedding projected onto the plane of each key frequency, coloured by the token."""
+    import matplotlib.pyplot as plt
+
+    ks = list(result.planes)
+    n = max(len(ks), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), dpi=_DPI, squeeze=False)
+    p = result.config.grokking.p
+    for ax, k in zip(axes[0], ks):
+        xy = result.planes[k]
+        ax.scatter(xy[:, 0], xy[:, 1], c=np.arange(p), cmap="twilight", s=12)
+        ax.set(title=f"k = {k} (circle ratio {result.circle_ratios[k]:.2f})", aspect="equal")
+        ax.set_xticks([]), ax.set_yticks([])
+    if not ks:
+        axes[0, 0].text(0.5, 0.5, "no key frequency", ha="center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_logit_dependence(result: Result):
+    """The centred logits averaged over the triples with residue ``r = a + b − c mod p``, and their projection
+    on the key frequencies' cos/sin(w_k r)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=_DPI)
+    r = np.arange(len(result.residue_means))
+    ax.plot(r, result.residue_means, "o", ms=3, label="mean centred logit at residue r")
+    ax.plot(r, result.residue_fit, "-", label="key-frequency part Σ_k α_k cos(w_k r − φ_k)")
+    ax.set(xlabel="r = a + b − c mod p", ylabel="logit", title="logits as a function of a + b − c")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frequency_ablation(result: Result):
+    """Accuracy after ablating the key frequencies' subspace against the distribution over random non-key sets."""
+    import matplotlib.pyplot as plt
+
+    blocks = list(result.ablations)
+    fig, axes = plt.subplots(1, max(len(blocks), 1), figsize=(5.5 * max(len(blocks), 1), 3), dpi=_DPI,
+                             squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        a = result.ablations[block]
+        ax.hist(100 * a.random_accuracy, bins=20, color="0.6", label=f"{len(a.random_accuracy)} random non-key sets")
+        ax.axvline(100 * a.key["accuracy"], color="C3", label="key frequencies")
+        ax.axvline(100 * a.clean["accuracy"], color="k", ls="--", label="no ablation")
+        ax.set(xlabel="accuracy on all pairs (%)", ylabel="draws", title=f"ablating frequencies of {block}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_component_effects(result: Result):
+    """Drop in accuracy and in the centred correct logit for each component, mean-ablated and patched
+    (a → a + 1), with bootstrap intervals over input pairs."""
+    import matplotlib.pyplot as plt
+
+    e = result.effects
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.35 * len(e) + 1.5), dpi=_DPI, sharey=True)
+    for ax, (value, low, high, label) in zip(axes, (("accuracy drop", "accuracy low", "accuracy high",
+                                                     "accuracy drop"),
+                                                    ("correct-logit drop", "logit low", "logit high",
+                                                     "correct-logit drop"))):
+        for offset, (mode, color) in enumerate((("mean", "C0"), ("patch", "C1"))):
+            rows = e[e["mode"] == mode].reset_index(drop=True)
+            y = np.arange(len(rows)) + 0.2 * (offset - 0.5)
+            ax.errorbar(rows[value], y, xerr=[rows[value] - rows[low], rows[high] - rows[value]], fmt="o",
+                        color=color, label="mean-ablation" if mode == "mean" else "patching a → a + 1")
+            ax.set_yticks(np.arange(len(rows)), rows["component"])
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set(xlabel=label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_concentration(result: Result):
+    """Share of the top eigenvectors' W_E / W_U weight in the key frequencies' subspace, per matrix and pick,
+    against the random-subspace null (median and 95th percentile)."""
+    import matplotlib.pyplot as plt
+
+    c = result.concentration
+    c = c[c.end == "top"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), dpi=_DPI, sharey=True)
+    picks = list(result.config.picks)
+    for ax, block in zip(axes, ("W_E", "W_U")):
+        for i, m in enumerate(result.config.matrices):
+            rows = c[(c.matrix == m) & (c.block == block)].set_index("pick").reindex(picks)
+            x = np.arange(len(picks)) + 0.15 * (i - 1.5)
+            ax.plot(x, 100 * rows.share, "o", color=f"C{i}", label=m.replace("_", " "))
+            ax.vlines(x, 0, 100 * rows.null_q95, color=f"C{i}", alpha=0.3, lw=4)
+        ax.set_xticks(np.arange(len(picks)), [f"{pk}\n(step {result.picks[pk]})" for pk in picks])
+        ax.set(ylabel="% of the block's weight in key frequencies", title=f"top eigenvectors in {block} "
+               "(bars: null up to its 95th percentile)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_clusters(result: Result):
+    """The top eigenvalues of each matrix at the answer pick, coloured by their vector's dominant W_E frequency
+    (key frequencies in colour, others grey), with the ε-cluster boundaries."""
+    import matplotlib.pyplot as plt
+
+    pick = result.answer_pick()
+    ms = [m for m in result.config.matrices if (pick, m) in result.cluster_values]
+    fig, axes = plt.subplots(1, len(ms), figsize=(3.6 * len(ms), 3.2), dpi=_DPI, squeeze=False)
+    palette = {k: f"C{i % 10}" for i, k in enumerate(result.analysed_frequencies)}
+    for ax, m in zip(axes[0], ms):
+        v = result.cluster_values[pick, m]
+        x = np.arange(len(v["values"]))
+        colors = [palette.get(int(f), "0.7") for f in v["dominant"]]
+        ax.scatter(x, v["values"], c=colors, s=18)
+        for i in np.flatnonzero(np.diff(v["labels"]) != 0):
+            ax.axvline(i + 0.5, color="k", lw=0.4, ls=":")
+        ax.set(yscale="log" if (v["values"] > 0).all() else "linear", xlabel="rank",
+               title=f"{m.replace('_', ' ')} at {pick}")
+    axes[0, 0].set_ylabel("eigenvalue")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mlp_fourier(result: Result):
+    """Fourier norms of the reference MLP's first-layer token embedding (of a), key frequencies marked."""
+    import matplotlib.pyplot as plt
+
+    ref = result.mlp_reference
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=_DPI)
+    if "norms_a" in ref:
+        norms = ref["norms_a"]
+        k = np.arange(1, len(norms))
+        keys = set(ref["key_frequencies"].get("hidden 1", []))
+        ax.bar(k, norms[1:], color=["C3" if f in keys else "C0" for f in k])
+    ax.set(xlabel="frequency k", ylabel="norm", title=f"MLP width {ref.get('width')}, seed {ref.get('seed')}: "
+           "first layer's embedding of a by frequency")
+    fig.tight_layout()
+    return fig
+
+
+def plot_probes(result: Result):
+    """Held-out probe accuracy per concept and layer against width: trained network (mean over seeds, min as the
+    lower whisker), at initialisation and with shuffled labels (max over seeds), and chance."""
+    import matplotlib.pyplot as plt
+
+    pr = result.probes
+    concepts = list(CONCEPTS)
+    layers = list(dict.fromkeys(pr.layer))
+    fig, axes = plt.subplots(len(concepts), len(layers), figsize=(3 * len(layers), 2.6 * len(concepts)), dpi=_DPI,
+                             sharex=True, sharey="row", squeeze=False)
+    for i, concept in enumerate(concepts):
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
+            rows = pr[(pr.concept == concept) & (pr.layer == layer)].sort_values("width")
+            ax.plot(rows.width, 100 * rows.trained, "o-", label="trained")
+            ax.plot(rows.width, 100 * rows.at_init_max, "s--", label="at init (max)")
+            ax.plot(rows.width, 100 * rows.shuffled_max, "^:", label="shuffled labels (max)")
+            ax.plot(rows.width, 100 * rows.chance, color="0.5", lw=0.8, label="chance")
+            ax.set(xscale="log", title=f"{concept}\n{layer}" if i == 0 else layer)
+            if j == 0:
+                ax.set_ylabel(f"{concept}\nheld-out acc. %")
+            if i == len(concepts) - 1:
+                ax.set_xlabel("width")
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
