@@ -563,7 +563,8 @@ class Result:
                 key = {"λ_max": "lambda_max", "largest gap": "largest_gap", "near-zero share (%)": "near_zero",
                        "eigenvalues above the largest gap": "n_above_gap"}[name]
                 low, high = central_interval(values) if len(values) >= 2 else (float("nan"), float("nan"))
-                rows.append(dict(step=int(step), quantity=name, draws=len(values), median=float(np.median(values)),
+                median = float(np.median(values)) if len(values) else float("nan")  # no dense draws here
+                rows.append(dict(step=int(step), quantity=name, draws=len(values), median=median,
                                  low=low, high=high, chapter_subsample=own_values[key]))
         return pd.DataFrame(rows)
 
