@@ -424,12 +424,14 @@ def null_quantile(null: np.ndarray, value: float, q: float = 0.95) -> tuple[floa
 
 def dominant_frequencies(vectors, model: ModAddTransformer, block: str) -> tuple[np.ndarray, np.ndarray]:
     """For each vector, the frequency whose token subspace in ``block`` holds the largest share of the vector's
-    block part, and that share: ``(int ndarray[m], float ndarray[m])``."""
+    block part, and that share: ``(int ndarray[m], float ndarray[m])``; frequency 0 (share 0) for a vector with no
+    weight in the block."""
     p = model.p
     shares = np.stack([token_masses(vectors, model, block, frequency_rows(p, [k]))
                        for k in range(1, (p - 1) // 2 + 1)])                 # [K, m]
     shares = np.nan_to_num(shares)
-    return shares.argmax(0) + 1, shares.max(0)
+    best = shares.max(0)
+    return np.where(best > 0, shares.argmax(0) + 1, 0), best
 
 
 # ---------------------------------------------------------------------------------------------------------------

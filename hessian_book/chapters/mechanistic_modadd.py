@@ -26,12 +26,13 @@ import torch
 from hessian_core import adjusted_rand_index, cluster_labels
 
 from .. import config as checks
-from ..circuit import all_pairs, logit_components, logits_table, mlp_activations, progress_measures
+from ..circuit import (all_pairs, excluded_loss_from_logits, logit_components, logits_table, mlp_activations,
+                       progress_measures, restricted_loss_from_logits)
 from ..config import ChapterConfig, nested
 from ..data import modular_addition_split
 from ..fanout import run_tasks
-from ..fourier import (fourier_basis, fourier_norms, frequency_shares, gini, key_frequencies,
-                       key_frequency_threshold, neuron_frequencies)
+from ..fourier import (fourier_basis, fourier_norms, gini, key_frequencies, key_frequency_threshold,
+                       neuron_frequencies)
 from ..mechanism import (COMPONENT_BLOCKS, CONCEPTS, CURVATURES, CurvatureEigenpairs, ablate_subspace,
                          block_masses, component_effects, concept_labels, curvature_eigenpairs, dominant_frequencies,
                          evaluate, frequency_ablation, frequency_rows, mlp_first_layer, mlp_layer_features,
@@ -44,7 +45,7 @@ from ..training import checkpoint_name, full_batch_evaluator, train_full_batch_a
 from . import grokking_modadd, mlp_depth_modadd
 
 __all__ = ["Config", "Result", "run", "probe_task", "probe_run", "pooled_share", "cluster_frequency_agreement",
-           "stand_in_frequencies",
+           "stand_in_frequencies", "claim_sentence",
            "concentration_word", "ablation_word", "circle_ratio", "plot_fourier_norms", "plot_key_planes",
            "plot_logit_dependence", "plot_frequency_ablation", "plot_component_effects", "plot_concentration",
            "plot_top_clusters", "plot_mlp_fourier", "plot_probes"]
@@ -207,6 +208,27 @@ def stand_in_frequencies(norms: np.ndarray, n: int) -> list[int]:
     return sorted(int(k) for k in order)
 
 
+def claim_sentence(tests: dict[str, bool] | None, pick: str, *, grokked: bool, has_key: bool) -> str:
+    """The answer to "is an eigenvalue cluster a circuit?" from the Hessian's three tests
+    (:meth:`Result.claim_tests`): supported when all three pass, not supported when none does, in part otherwise
+    (naming what passed); not testable without a generalised run with key frequencies."""
+    if not grokked:
+        return "The run did not generalise, so the claim that an eigenvalue cluster is a circuit cannot be tested here."
+    if not has_key:
+        return "No neuron has a key frequency, so the claim that an eigenvalue cluster is a circuit cannot be tested."
+    if tests is None:
+        return "The Hessian was not examined, so the claim is not tested for it."
+    passed = [name for name, ok in tests.items() if ok]
+    failed = [name for name, ok in tests.items() if not ok]
+    if not failed:
+        verdict = "is supported: all three tests pass"
+    elif not passed:
+        verdict = "is not supported: none of the three tests passes"
+    else:
+        verdict = (f"is supported only in part: passed {', '.join(passed)}; failed {', '.join(failed)}")
+    return f"For the Hessian at {pick}, the claim that an eigenvalue cluster is a circuit {verdict}."
+
+
 def circle_ratio(embedding: torch.Tensor, p: int, k: int) -> float:
     """How circular the tokens' embedding is in the plane of frequency ``k``: the ratio of the smaller to the larger
     singular value of ``F_k W`` (``[2, d]``, ``W = W_E[:p]``); 1 is a circle, 0 a line."""
@@ -315,7 +337,6 @@ def _analyse_mlp(store: ResultStore, log: list[dict], width: int, seed: int, rec
         restricted, _ = logit_components(logits, first)
         centred = logits - logits.mean(2, keepdim=True)
         out["restricted_share"] = float((restricted ** 2).sum() / (centred ** 2).sum())
-        from ..circuit import excluded_loss_from_logits, restricted_loss_from_logits
         out["restricted_loss"] = restricted_loss_from_logits(logits, first)
         out["excluded_loss"] = excluded_loss_from_logits(logits, first)
     else:
@@ -363,6 +384,7 @@ class Result:
     progress: dict
     ablations: dict
     effects: pd.DataFrame
+    replicates: pd.DataFrame
     neuron_groups: dict
     concentration: pd.DataFrame
     clusters: pd.DataFrame
@@ -385,6 +407,18 @@ class Result:
         null's 95th percentile)."""
         return any(bool(r is not None and r.above) for r in (self._row(pick, matrix, "W_E"),
                                                            self._row(pick, matrix, "W_U")))
+
+    def claim_tests(self, matrix: str, pick: str) -> dict[str, bool]:
+        """The three tests of "an eigenvalue cluster is a circuit" for one matrix at one pick: its top
+        eigenvectors concentrate on the key frequencies (W_E or W_U, above the null's 95th percentile); its
+        ε-clusters match the vectors' dominant frequencies (ARI above the permutation null's 95th percentile);
+        ablating its top cluster's subspace costs more loss than the 95th percentile of random subspaces."""
+        cl = self.clusters
+        rows = cl[(cl.pick == pick) & (cl.matrix == matrix)]
+        r = rows.iloc[0] if len(rows) else None
+        return {"concentrates": self.sees_circuit(matrix, pick),
+                "clusters are frequencies": bool(r is not None and r.ari > r.ari_q95),
+                "cluster ablation hurts more": bool(r is not None and r.ablation_loss > r.ablation_q95)}
 
     def answer_pick(self) -> str:
         """The pick the chapter's answer is read at: ``after`` if examined, else the last examined."""
@@ -437,6 +471,24 @@ class Result:
             out[f"ablate_{block}_n_draws"] = len(a.random_accuracy)
             out[f"ablate_{block}_word"] = ablation_word(a.key["accuracy"], a.clean["accuracy"], a.random_accuracy,
                                                         smoke=smoke)
+        rp = self.replicates
+        out["rep_n"] = len(rp)
+        out["rep_n_generalised"] = int(rp["generalised"].sum())
+        generalised = rp[rp["generalised"]]
+        out["rep_below_every"] = int(generalised["below every draw"].sum())
+        out["rep_key_range"] = _range(generalised["key ablated acc %"])
+        out["rep_random_range"] = _range(generalised["random median acc %"])
+        if smoke:
+            out["rep_sentence"] = f"Smoke run: no verdict over the {len(rp)} runs."
+        elif not len(generalised):
+            out["rep_sentence"] = (f"None of the {len(rp)} runs of the recipe generalised, so there is no "
+                                   f"statement over runs.")
+        else:
+            out["rep_sentence"] = (f"Over the {len(generalised)} runs of the recipe that generalised (of {len(rp)}), "
+                                   f"ablating their own key frequencies in W_E hurts more than every random draw in "
+                                   f"{out['rep_below_every']} of {len(generalised)}: accuracy {out['rep_key_range']} % "
+                                   f"with the key frequencies ablated, against medians of {out['rep_random_range']} % "
+                                   f"over the random draws.")
         e = self.effects
         for mode in ("mean", "patch"):
             rows = e[e["mode"] == mode]
@@ -457,6 +509,23 @@ class Result:
                     out[f"conc_{m}_{block}_q95_pct"] = 100 * r.null_q95
                     out[f"conc_{m}_{block}_expected_pct"] = 100 * r.expected
                     out[f"conc_{m}_{block}_word"] = concentration_word(r.share, r.null_q95, smoke=smoke)
+        for pk in c.picks:
+            for m in c.matrices:
+                for block in ("W_E", "W_U"):
+                    r = self._row(pk, m, block)
+                    if r is not None:
+                        out[f"conc_{m}_{block}_{pk}_pct"] = 100 * r.share
+                        out[f"conc_{m}_{block}_{pk}_q95_pct"] = 100 * r.null_q95
+        first = c.picks[0]
+        r0 = self._row(first, "hessian", "W_E") if "hessian" in c.matrices else None
+        out["first_pick"] = f"{first} (step {self.picks[first]})"
+        if r0 is not None:
+            out["conc_first_sentence"] = (
+                f"At {first} (step {self.picks[first]}) the Hessian's top eigenvectors hold {100 * r0.share:.1f} % of "
+                f"their W_E weight there (null 95th percentile {100 * r0.null_q95:.1f} %): the Hessian "
+                f"{concentration_word(r0.share, r0.null_q95, smoke=smoke)} in W_E.")
+        else:
+            out["conc_first_sentence"] = ""
         cl = self.clusters
         for m in c.matrices:
             rows = cl[(cl.pick == pick) & (cl.matrix == m)]
@@ -470,9 +539,10 @@ class Result:
                 out[f"clusters_{m}_ablation_q95"] = r.ablation_q95
                 out[f"clusters_{m}_ablation_block"] = r.ablation_block
                 out[f"clusters_{m}_ablation_dim"] = int(r.ablation_dim)
-        n_cluster_key = int(sum(bool(r.ari > r.ari_q95) for r in cl[cl.pick == pick].itertuples()))
-        n_ablation_more = int(sum(bool(r.ablation_loss > r.ablation_q95) for r in cl[cl.pick == pick].itertuples()))
         n_matrices = len(c.matrices)
+        tests = {m: self.claim_tests(m, pick) for m in c.matrices}
+        n_cluster_key = sum(t["clusters are frequencies"] for t in tests.values())
+        n_ablation_more = sum(t["cluster ablation hurts more"] for t in tests.values())
         if smoke:
             out["answer"] = ("Smoke run: no verdict on whether an eigenvalue cluster is a circuit (the numbers above "
                              "come from a few hundred steps of a tiny model).")
@@ -482,18 +552,11 @@ class Result:
             out["seers"] = (f"{len(seers)} of the {n_matrices} matrices ({names}) have top eigenvectors that "
                             f"concentrate on the key frequencies of W_E or W_U beyond the random-subspace null at "
                             f"{pick}")
-            claim = "is not supported" if not (seers and n_cluster_key and n_ablation_more) else \
-                "is supported only in part" if n_cluster_key < n_matrices or n_ablation_more < n_matrices else \
-                "is supported"
-            if not self.grokked or not self.key_frequencies:
-                claim = ("cannot be tested here (the run did not generalise)" if not self.grokked else
-                         "cannot be tested here (no neuron has a key frequency)")
-            out["answer"] = (f"At {pick}, the claim that an eigenvalue cluster is a circuit {claim}: "
-                             f"{out['seers']}; the ε-clusters of the top eigenvalues match the vectors' dominant "
-                             f"frequencies beyond the permutation null for {n_cluster_key} of {n_matrices} matrices; "
-                             f"ablating the top cluster's subspace costs more loss than the null's 95th percentile "
-                             f"of random subspaces of the same size in the same block for {n_ablation_more} of "
-                             f"{n_matrices}.")
+            out["answer"] = (f"{claim_sentence(tests.get('hessian'), pick, grokked=self.grokked, has_key=bool(self.key_frequencies))} "
+                             f"Over the {n_matrices} matrices: {out['seers']}; their ε-clusters match the vectors' "
+                             f"dominant frequencies beyond the permutation null for {n_cluster_key}; ablating the top "
+                             f"cluster's subspace costs more loss than the 95th percentile of random subspaces of the "
+                             f"same size in the same block for {n_ablation_more}.")
         # MLPs
         ref = self.mlp_reference
         out["mlp_width"], out["mlp_seed"], out["mlp_depth"] = ref.get("width"), ref.get("seed"), c.probe_depth
@@ -545,6 +608,14 @@ class Result:
             f"probe cells: {len(self.probes)}",
             f"every share in [0, 1]: {bool(((self.concentration.share.dropna() >= 0) & (self.concentration.share.dropna() <= 1 + 1e-9)).all())}",
         ])
+
+
+def _range(values) -> str:
+    values = np.asarray(values, dtype=float)
+    if not values.size:
+        return "–"
+    return f"{values.min():.1f}" if values.size == 1 or values.min() == values.max() else \
+        f"{values.min():.1f}–{values.max():.1f}"
 
 
 def _concept_key(concept: str) -> str:
@@ -664,6 +735,7 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                          "correct-logit drop": e.logit_drop, "logit low": e.logit_low, "logit high": e.logit_high,
                          "accuracy after": e.accuracy_after})
     effects = pd.DataFrame(rows)
+    replicates = _replicates(c, every, progress=progress)
     timings["causal"] = time.perf_counter() - t0
 
     # 3. the curvature matrices' view
@@ -744,9 +816,33 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                   gini_embed_init=gini(fourier_norms(init.W_E.detach().double()[:p], p)[1:]), planes=planes,
                   circle_ratios=ratios, residue_means=residue_means, residue_fit=residue_fit,
                   restricted_share=restricted_share, progress=progress_values, ablations=ablations, effects=effects,
+                  replicates=replicates,
                   neuron_groups={k_: len(v) for k_, v in groups.items()}, concentration=concentration,
                   clusters=clusters, cluster_values=cluster_values, eigen_sources=sources, mlp_runs=mlp_runs,
                   probes=probes, mlp_reference=mlp_reference, timings=timings)
+
+
+def _replicates(config: Config, data, *, progress: bool | None) -> pd.DataFrame:
+    """The frequency ablation of W_E in every run of the grokking chapter's recipe (initialisations and splits; the
+    reference run first), each against its own random non-key draws: one row per run."""
+    g, rows = config.grokking, []
+    for spec in g.runs():
+        if spec.role != "grok":
+            continue
+        run_ = grokking_modadd.train_run(g, spec, progress=progress)
+        model = run_.model_at(run_.checkpoint_steps[-1])
+        key = key_frequencies(mlp_activations(model, g.p))
+        analysed = list(key) or stand_in_frequencies(fourier_norms(model.W_E.detach().double()[:g.p], g.p).numpy(),
+                                                     N_STAND_IN)
+        a = frequency_ablation(model, analysed, data, block="W_E", n_draws=config.n_ablation_draws, seed=spec.seed)
+        rows.append({"run": spec.label, "test acc %": 100 * run_.log[-1]["test_acc"],
+                     "generalised": bool(run_.log[-1]["test_acc"] >= g.transition_high),
+                     "key frequencies": ", ".join(map(str, key)) or "none", "clean acc %": 100 * a.clean["accuracy"],
+                     "key ablated acc %": 100 * a.key["accuracy"],
+                     "random median acc %": 100 * float(np.median(a.random_accuracy)),
+                     "random min acc %": 100 * float(a.random_accuracy.min()),
+                     "below every draw": a.below_every_draw})
+    return pd.DataFrame(rows)
 
 
 def _slices(model) -> dict[str, slice]:

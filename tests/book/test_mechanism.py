@@ -101,14 +101,14 @@ def test_hand_built_embedding_dominant_frequencies():
     n_params = sum(p.numel() for p in model.parameters())
     sl = block_slices(model)["W_E"]
     F = fourier_basis(P)
-    V = np.zeros((n_params, 3))
+    V = np.zeros((n_params, 4))  # the fourth has no weight in W_E
     for i, k in enumerate([2, 5, 11]):
         W = torch.zeros(P + 1, 4, dtype=torch.float64)
         W[:P, i] = F[2 * k - 1] + 0.5 * F[2 * k]
         V[sl, i] = W.reshape(-1).numpy()
     V[sl.stop:sl.stop + 5] = 1.0  # weight outside W_E does not count
     freq, share = dominant_frequencies(V, model, "W_E")
-    assert freq.tolist() == [2, 5, 11] and np.allclose(share, 1.0)
+    assert freq.tolist() == [2, 5, 11, 0] and np.allclose(share, [1.0, 1.0, 1.0, 0.0])
 
 
 def test_the_null_passes_a_planted_subspace_and_not_a_random_one(planted):

@@ -178,3 +178,17 @@ def test_figures_draw(smoke):
             fig = getattr(mechanistic_modadd, name)(result)
             assert fig.axes, name
             plt.close(fig)
+
+
+def test_claim_sentence_reads_the_three_tests():
+    from hessian_book.chapters.mechanistic_modadd import claim_sentence
+
+    names = ("concentrates", "clusters are frequencies", "cluster ablation hurts more")
+    assert "is supported: all three" in claim_sentence(dict.fromkeys(names, True), "after", grokked=True,
+                                                        has_key=True)
+    assert "is not supported" in claim_sentence(dict.fromkeys(names, False), "after", grokked=True, has_key=True)
+    partly = claim_sentence({"concentrates": True, "clusters are frequencies": False,
+                             "cluster ablation hurts more": False}, "after", grokked=True, has_key=True)
+    assert "only in part: passed concentrates; failed clusters are frequencies" in partly
+    assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=False, has_key=True)
+    assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=True, has_key=False)
