@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if args.from_golden:
+        missing = [n for n in BOOK_NOTEBOOKS if not (GOLDEN / f"{n}.ipynb").is_file()]
+        if missing:
+            sys.exit(f"no golden copy for {missing}: python book/build.py --golden --only {' '.join(missing)}")
         write_pages({n: GOLDEN / f"{n}.ipynb" for n in BOOK_NOTEBOOKS})
         print(f"wrote {len(BOOK_NOTEBOOKS)} smoke pages from the golden copies into {EXECUTED}", flush=True)
         if book:

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -84,6 +85,7 @@ class PageReport:
         return not self.problems
 
 
+_REFRESH = re.compile(r"""<meta[^>]+http-equiv=["']refresh["'][^>]*url=([^"'>]+)""", re.I)
 _ASSET = re.compile(r"<(script|link|img|iframe|source)\b[^>]*?\b(src|href)=[\"']((?:https?:)?//[^\"']+)", re.I)
 
 
@@ -144,15 +146,30 @@ def broken_links(hrefs: list[str], html_dir: Path) -> tuple[int, list[str]]:
     return checked, broken
 
 
-def check(html_dir: Path, *, chromium: str, timeout: float = 30.0) -> list[PageReport]:
+@contextmanager
+def open_browser(chromium: str):
+    """Headless Chromium (the system's binary) through Playwright; no browser is downloaded."""
     from playwright.sync_api import sync_playwright
 
-    html_dir = Path(html_dir).resolve()
-    reports = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        context = browser.new_context()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def check(html_dir: Path, *, chromium: str | None = None, browser=None, timeout: float = 30.0,
+          progress: bool = False) -> list[PageReport]:
+    """One :class:`PageReport` per page under ``html_dir``, in a new browser (``chromium``) or in ``browser``."""
+    if browser is None:
+        with open_browser(chromium) as own:
+            return check(html_dir, browser=own, timeout=timeout, progress=progress)
+    html_dir = Path(html_dir).resolve()
+    reports = []
+    context = browser.new_context()
+    try:
         requests: list[str] = []
 
         def route(r):
@@ -165,6 +182,16 @@ def check(html_dir: Path, *, chromium: str, timeout: float = 30.0) -> list[PageR
         context.route("**/*", route)
         for path in pages_of(html_dir):
             report = PageReport(str(path.relative_to(html_dir)))
+            if progress:
+                print(f"checking {report.page}", file=sys.stderr, flush=True)
+            redirect = _REFRESH.search(path.read_text(errors="replace"))
+            if redirect:  # e.g. Jupyter Book's index.html: a redirect page, checked by its target's existence
+                target = (path.parent / unquote(redirect.group(1).split("#")[0])).resolve()
+                report.links = "redirect"
+                if not target.is_file():
+                    report.problems.append(f"redirects to a missing page: {redirect.group(1)}")
+                reports.append(report)
+                continue
             requests.clear()
             errors: list[str] = []
             page = context.new_page()
@@ -206,7 +233,8 @@ def check(html_dir: Path, *, chromium: str, timeout: float = 30.0) -> list[PageR
                 report.problems.append(f"{len(errors)} JavaScript error(s): {errors[0]!r}")
             report.nan = facts["nan"]
             reports.append(report)
-        browser.close()
+    finally:
+        context.close()
     return reports
 
 
@@ -235,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.html_dir.is_dir() or not pages_of(args.html_dir):
         print(f"no HTML pages under {args.html_dir}", file=sys.stderr)
         return 2
-    reports = check(args.html_dir, chromium=chromium, timeout=args.timeout)
+    reports = check(args.html_dir, chromium=chromium, timeout=args.timeout, progress=True)
     print(format_reports(reports))
     return 0 if all(r.ok for r in reports) else 1
 

@@ -136,7 +136,7 @@ def render(*, record_dir: Path = RECORD, smoke: bool = False) -> str:
         goal = GOAL_MINUTES.get(name)
         if meta is None:
             complete = False
-            head.append(f"| {{ref}}`{name} <repro-{name}>` | — | — | — | {goal or '—'} | — | — | — | missing |")
+            head.append(f"| {{ref}}`{name} <repro-{name}>` | — | — | — | {f'{goal} min' if goal else '—'} | — | — | — | missing |")
             continue
         seconds = meta.get("wall_seconds")
         total += seconds or 0.0
@@ -145,7 +145,7 @@ def render(*, record_dir: Path = RECORD, smoke: bool = False) -> str:
                 if m.get("load_before") and m.get("load_after") else "—")
         head.append(
             f"| {{ref}}`{name} <repro-{name}>` | {(meta.get('date') or '')[:10]} | `{(meta.get('code_commit') or '?')[:8]}`"
-            f"{' (dirty)' if meta.get('dirty') else ''} | {_minutes(seconds)} | {goal or '—'} | "
+            f"{' (dirty)' if meta.get('dirty') else ''} | {_minutes(seconds)} | {f'{goal} min' if goal else '—'} | "
             f"{_met(seconds, goal)} | {load} | {_mb(meta.get('results_written', {}).get('bytes'))} | "
             f"{status.state}{f', {len(status.library_commits)} library commit(s) since' if status.library_commits else ''} |")
     verdict = (f"{_met(total, BOOK_GOAL_MINUTES)}" if complete else "not all chapters recorded yet")

@@ -180,3 +180,19 @@ def test_config_enables_autodoc_offline_mathjax_and_visible_warnings():
     assert config["sphinx"]["config"]["mathjax_path"] == "mathjax/tex-chtml.js"
     assert config["sphinx"]["config"]["keep_warnings"] is True
     assert config["execute"]["execute_notebooks"] == "off"
+
+
+def test_sphinx_assets_drops_duplicate_scripts_only():
+    import sphinx_assets
+
+    class Script:
+        def __init__(self, filename, **attributes):
+            self.filename, self.attributes = filename, attributes
+
+    thebe = Script(None, body='const THEBE_JS_URL = "x"')
+    scripts = [Script("a.js"), thebe, Script(None, body='const THEBE_JS_URL = "x"'), Script("a.js", defer="defer"),
+               Script("b.js")]
+    context = {"script_files": scripts}
+    sphinx_assets.dedupe_scripts(None, "page", "page.html", context, None)
+    assert [(s.filename, s.attributes) for s in context["script_files"]] == [
+        ("a.js", {}), (None, {"body": 'const THEBE_JS_URL = "x"'}), ("a.js", {"defer": "defer"}), ("b.js", {})]

@@ -81,9 +81,16 @@ BROKEN = {
 }
 
 
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """One browser for the module's tests (starting one takes seconds, a minute on a loaded machine)."""
+    with check_pages.open_browser(CHROMIUM) as b:
+        yield b
+
+
 @browser
-def test_a_good_page_passes(tmp_path):
-    reports = check_pages.check(good_book(tmp_path), chromium=CHROMIUM)
+def test_a_good_page_passes(tmp_path, chromium_browser):
+    reports = check_pages.check(good_book(tmp_path), browser=chromium_browser)
     table = check_pages.format_reports(reports)
     assert [r.page for r in reports] == ["index.html", "other.html"]
     assert all(r.ok for r in reports), table
@@ -95,21 +102,46 @@ def test_a_good_page_passes(tmp_path):
 
 @browser
 @pytest.mark.parametrize("kind", list(BROKEN))
-def test_a_broken_page_fails(tmp_path, kind):
+def test_a_broken_page_fails(tmp_path, kind, chromium_browser):
     folder = good_book(tmp_path)
     body, message = BROKEN[kind]
     write_page(folder, "index.html", GOOD_BODY + body, mathjax=kind != "math")
-    reports = check_pages.check(folder, chromium=CHROMIUM)
+    reports = check_pages.check(folder, browser=chromium_browser)
     index = next(r for r in reports if r.page == "index.html")
     assert not index.ok and any(message in p for p in index.problems), index.problems
-    assert check_pages.main([str(folder), "--chromium", CHROMIUM]) == 1
+    assert "FAIL" in check_pages.format_reports(reports) and "1 failed" in check_pages.format_reports(reports)
 
 
 @browser
-def test_a_glued_nan_is_counted_not_failed(tmp_path):
+def test_main_exits_1_on_a_failed_page_and_0_on_a_good_book(tmp_path, chromium_browser, monkeypatch):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def shared(chromium):  # Playwright's sync API cannot start twice in one thread: reuse the module's browser
+        yield chromium_browser
+
+    monkeypatch.setattr(check_pages, "open_browser", shared)
+    good = good_book(tmp_path / "good")
+    assert check_pages.main([str(good), "--chromium", CHROMIUM]) == 0
+    write_page(good, "other.html", '<img src="_images/missing.png">')
+    assert check_pages.main([str(good), "--chromium", CHROMIUM]) == 1
+
+
+@browser
+def test_a_redirect_page_is_checked_by_its_target(tmp_path, chromium_browser):
+    folder = good_book(tmp_path)
+    (folder / "start.html").write_text('<meta http-equiv="Refresh" content="0; url=index.html" />')
+    (folder / "lost.html").write_text('<meta http-equiv="Refresh" content="0; url=gone.html" />')
+    reports = {r.page: r for r in check_pages.check(folder, browser=chromium_browser)}
+    assert reports["start.html"].ok and reports["start.html"].links == "redirect"
+    assert not reports["lost.html"].ok and "missing page" in reports["lost.html"].problems[0]
+
+
+@browser
+def test_a_glued_nan_is_counted_not_failed(tmp_path, chromium_browser):
     folder = good_book(tmp_path)
     write_page(folder, "index.html", GOOD_BODY + '<p>took <span class="pasted-text">nan</span> s</p>')
-    index = check_pages.check(folder, chromium=CHROMIUM)[0]
+    index = check_pages.check(folder, browser=chromium_browser)[0]
     assert index.ok and index.nan == 1
 
 
