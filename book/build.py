@@ -87,9 +87,11 @@ def _results_dir(name: str, parameters: dict) -> Path | None:
     return (NOTEBOOKS / value).resolve() if value else None
 
 
-def record_chapter(name: str, *, record_dir: Path = RECORD, parameters: dict | None = None) -> float:
-    """Execute ``name`` at its defaults (plus ``parameters``) into ``record_dir/<name>.ipynb`` with lean outputs
-    and provenance; fails loudly when the record is no longer lean. Returns the wall time."""
+def record_chapter(name: str, *, record_dir: Path | None = None, parameters: dict | None = None) -> float:
+    """Execute ``name`` at its defaults (plus ``parameters``) into ``record_dir/<name>.ipynb`` (default
+    ``record/``) with lean outputs and provenance; fails loudly when the record is no longer lean. Returns the
+    wall time."""
+    record_dir = record_dir or RECORD
     parameters = dict(parameters or {})
     run = rec.Run.start(name, parameters, _results_dir(name, parameters))
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +213,7 @@ def check_tools(*, book: bool, execute: bool) -> None:
 def build_book(*, smoke: bool) -> None:
     import reproducibility
 
-    page = reproducibility.write_page(smoke=smoke)
+    page = reproducibility.write_page(smoke=smoke, record_dir=RECORD)
     print(f"wrote {page.relative_to(ROOT)}", flush=True)
     toc = write_toc()
     cli = Path(sys.executable).with_name("jupyter-book")
@@ -234,7 +236,7 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
     parameters = rec.executed_parameters(ref)
     parameters.update((rec.record_of(ref) or {}).get("parameters", {}).get("injected") or {})
     if not against:
-        status = rec.staleness(name)
+        status = rec.staleness(name, record_dir=RECORD)
         if status.state == "stale":
             print(f"warning: the record is stale ({'; '.join(status.reasons)}): the rerun executes the current "
                   "source", flush=True)
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     run_with_progress(todo, estimates, lambda name: record_chapter(name))
     if not book:
         return
-    statuses = {n: rec.staleness(n) for n in BOOK_NOTEBOOKS}
+    statuses = {n: rec.staleness(n, record_dir=RECORD) for n in BOOK_NOTEBOOKS}
     write_pages({n: RECORD / f"{n}.ipynb" for n in BOOK_NOTEBOOKS}, statuses)
     build_book(smoke=False)
 

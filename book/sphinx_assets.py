@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def _key(script) -> tuple:
-    filename = getattr(script, "filename", script)
+    filename = getattr(script, "filename", script) or ""  # one copy comes as None, the other as ""
     attributes = getattr(script, "attributes", {}) or {}
     return (str(filename), tuple(sorted((k, str(v)) for k, v in attributes.items())))
 

@@ -190,7 +190,7 @@ def test_sphinx_assets_drops_duplicate_scripts_only():
             self.filename, self.attributes = filename, attributes
 
     thebe = Script(None, body='const THEBE_JS_URL = "x"')
-    scripts = [Script("a.js"), thebe, Script(None, body='const THEBE_JS_URL = "x"'), Script("a.js", defer="defer"),
+    scripts = [Script("a.js"), thebe, Script("", body='const THEBE_JS_URL = "x"'), Script("a.js", defer="defer"),
                Script("b.js")]
     context = {"script_files": scripts}
     sphinx_assets.dedupe_scripts(None, "page", "page.html", context, None)

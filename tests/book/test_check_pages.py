@@ -177,6 +177,7 @@ def test_a_book_built_with_the_project_config_loads_nothing_from_a_cdn(tmp_path)
     book = tmp_path / "book"
     book.mkdir()
     config = (ROOT / "_config.yml").read_text().replace("sphinx.ext.autodoc, sphinx.ext.napoleon, ", "")
+    config = config.replace("sphinx_assets: book/", f"sphinx_assets: {ROOT / 'book'}")
     (book / "_config.yml").write_text(config)
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     (book / "intro.md").write_text("# Intro\n\nInline $x^2$ and display\n\n$$ \\int_0^1 f(x)\\,dx $$\n")
@@ -186,3 +187,5 @@ def test_a_book_built_with_the_project_config_loads_nothing_from_a_cdn(tmp_path)
     assert "mathjax/tex-chtml.js" in (html / "intro.html").read_text()
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert check_pages.external_assets(html) == {}
+    # book/sphinx_assets.py: sphinx-thebe's inline config once (twice is a JavaScript error in the browser)
+    assert (html / "intro.html").read_text().count("const THEBE_JS_URL") == 1
