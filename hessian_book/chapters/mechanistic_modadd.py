@@ -532,6 +532,7 @@ class Result:
             if len(rows):
                 r = rows.iloc[0]
                 out[f"clusters_{m}_ari"] = r.ari
+                out[f"clusters_{m}_frequency_block"] = r.frequency_block
                 out[f"clusters_{m}_ari_q95"] = r.ari_q95
                 out[f"clusters_{m}_pairs"] = int(r.n_pairs)
                 out[f"clusters_{m}_pairs_key"] = int(r.n_pairs_same_key)
@@ -765,7 +766,10 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                                       expected=len(key_rows) / (p - 1), above=above))
         # clusters of the top eigenvalues
         values, vectors = pairs.top_values, pairs.top_vectors
-        dominant, _ = dominant_frequencies(vectors, at, "W_E")
+        # label each vector in the per-token block (W_E or W_U) that holds more of the top vectors' weight
+        weights = block_masses(vectors, at)
+        frequency_block = max(("W_E", "W_U"), key=lambda name: float(weights[name].sum()))
+        dominant, _ = dominant_frequencies(vectors, at, frequency_block)
         eps = c.cluster_eps * abs(values[0]) if values[0] != 0 else c.cluster_eps
         agreement = cluster_frequency_agreement(values, dominant, analysed, eps, rng, c.n_null)
         cluster_values[pick, m] = dict(values=values, dominant=dominant, labels=agreement.pop("labels"))
@@ -780,7 +784,8 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                                                                                        basis.shape[1], rng)),
                                          data)["loss"] for _ in range(c.n_ablation_null)]) if basis.shape[1] else \
             np.array([float("nan")])
-        cluster_rows.append(dict(pick=pick, step=step, matrix=m, **agreement, top_cluster_size=len(top),
+        cluster_rows.append(dict(pick=pick, step=step, matrix=m, frequency_block=frequency_block, **agreement,
+                                 top_cluster_size=len(top),
                                  ablation_block=block, ablation_dim=int(basis.shape[1]),
                                  clean_loss=evaluate(at, data)["loss"], ablation_loss=loss_cluster,
                                  ablation_q95=float(np.quantile(null_losses, 0.95)),
@@ -969,7 +974,7 @@ def plot_concentration(result: Result):
 
 
 def plot_top_clusters(result: Result):
-    """The top eigenvalues of each matrix at the answer pick, coloured by their vector's dominant W_E frequency
+    """The top eigenvalues of each matrix at the answer pick, coloured by their vector's dominant frequency
     (key frequencies in colour, others grey), with the ε-cluster boundaries."""
     import matplotlib.pyplot as plt
 
