@@ -32,6 +32,15 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _duration(name: str, value: Any) -> str:
+    """A glued wall time with its unit, read from its name (``minutes_total`` is in minutes, else seconds)."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    tokens = set(name.lower().split("_"))
+    return f"{value:.1f} min" if "minutes" in tokens else f"{value:.2f} h" if "hours" in tokens \
+        else f"{value:.1f} s"
+
+
 def _met(seconds: float | None, goal: float | None) -> str:
     if seconds is None or goal is None:
         return "—"
@@ -88,14 +97,13 @@ def chapter_section(name: str, meta: dict[str, Any] | None, status: Status) -> s
     ]
     if status.library_commits:
         lines.append(f"- **Library changes since the record** ({len(status.library_commits)}; not re-executed):")
-        lines += [f"  - `{c}`" for c in status.library_commits[:20]]
+        lines += [f"  - `{c if len(c) <= 110 else c[:109] + '…'}`" for c in status.library_commits[:20]]
         if len(status.library_commits) > 20:
             lines.append(f"  - … and {len(status.library_commits) - 20} more")
     timings = meta.get("timings") or {}
     if timings:
         lines += ["", "| phase | wall time |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} s |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
-                  for k, v in timings.items()]
+        lines += [f"| {k} | {_duration(k, v)} |" for k, v in timings.items()]
     params = meta.get("parameters", {})
     effective, defaults = params.get("effective") or {}, params.get("defaults") or {}
     if effective:

@@ -405,4 +405,7 @@ def test_reproducibility_section_of_a_record(tmp_path):
     text = reproducibility.chapter_section("chapter", meta, status)
     assert "(repro-chapter)=" in text and "python book/build.py --verify chapter" in text
     assert "| train | 1.0 s |" in text and "| n_steps | 10 |" in text
+    meta["timings"] = {"seconds_total": 1883.3, "wall_minutes": 31.4}
+    text = reproducibility.chapter_section("chapter", meta, status)
+    assert "| seconds_total | 1883.3 s |" in text and "| wall_minutes | 31.4 min |" in text
     assert "abc123 core: change" in text and "cores" in text
