@@ -800,8 +800,9 @@ def _run(config: Config, *, progress: bool | None) -> Result:
     reuse = d.hessian_every if c.probe_depth in d.depths else None
     tasks = [dict(results_dir=c.results_dir, width=w, seed=s, recipe=c.probe_recipe(), settings=c.probe_settings(),
                   depth_chapter_hessian_every=reuse, progress=progress if c.scheduler == "serial" else False)
-             for s in c.probe_seeds for w in c.probe_widths]
+             for w in sorted(c.probe_widths, reverse=True) for s in c.probe_seeds]  # the longest runs first
     mlp_runs = [r.value for r in run_tasks(probe_task, tasks, scheduler=c.scheduler, desc="MLP runs", progress=show)]
+    mlp_runs = sorted(mlp_runs, key=lambda r: (c.probe_widths.index(r["width"]), c.probe_seeds.index(r["seed"])))
     probe_rows = [dict(width=r["width"], seed=r["seed"], **row) for r in mlp_runs for row in r["probes"]]
     per_seed = pd.DataFrame(probe_rows)
     probes = (per_seed.groupby(["concept", "layer", "width"], sort=False)
