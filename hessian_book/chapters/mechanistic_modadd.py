@@ -177,15 +177,19 @@ def pooled_share(vectors: np.ndarray, model, block: str, rows: torch.Tensor) -> 
         else float("nan")
 
 
-def concentration_word(value: float, null_q95: float, *, smoke: bool) -> str:
-    """``"concentrates on the key frequencies"`` when ``value`` exceeds the null's 95th percentile, ``"does not
-    concentrate on the key frequencies (inside the null)"`` otherwise; a smoke run renders no verdict."""
+def concentration_word(value: float, null_q95: float, *, smoke: bool, null_q05: float = float("nan")) -> str:
+    """``"concentrates on the key frequencies"`` when ``value`` exceeds the null's 95th percentile, ``"avoids the
+    key frequencies (below the null's 5th percentile)"`` when it lies below the 5th, ``"does not concentrate on the
+    key frequencies (inside the null)"`` otherwise; a smoke run renders no verdict."""
     if smoke:
         return SMOKE_WORDS
     if not np.isfinite(value):
         return "has no weight in this block"
-    return "concentrates on the key frequencies" if value > null_q95 else \
-        "does not concentrate on the key frequencies (inside the null)"
+    if value > null_q95:
+        return "concentrates on the key frequencies"
+    if value < null_q05:
+        return "avoids the key frequencies (below the null's 5th percentile)"
+    return "does not concentrate on the key frequencies (inside the null)"
 
 
 def ablation_word(key_accuracy: float, clean_accuracy: float, random_accuracy: np.ndarray, *, smoke: bool) -> str:
@@ -402,11 +406,17 @@ class Result:
         rows = c[(c.pick == pick) & (c.matrix == matrix) & (c.block == block) & (c.end == end)]
         return rows.iloc[0] if len(rows) else None
 
+    def main_block(self, matrix: str, pick: str) -> str:
+        """W_E or W_U, whichever holds more of the matrix's top eigenvectors' weight at ``pick``."""
+        rows = [self._row(pick, matrix, b) for b in ("W_E", "W_U")]
+        weights = [r.block_weight if r is not None else -1.0 for r in rows]
+        return "W_E" if weights[0] >= weights[1] else "W_U"
+
     def sees_circuit(self, matrix: str, pick: str) -> bool:
-        """The matrix's top eigenvectors concentrate on the key frequencies in W_E or W_U at ``pick`` (above the
-        null's 95th percentile)."""
-        return any(bool(r is not None and r.above) for r in (self._row(pick, matrix, "W_E"),
-                                                           self._row(pick, matrix, "W_U")))
+        """The matrix's top eigenvectors concentrate on the key frequencies (above the null's 95th percentile) in
+        their main per-token block (:meth:`main_block`): one test, not the better of two."""
+        r = self._row(pick, matrix, self.main_block(matrix, pick))
+        return bool(r is not None and r.above)
 
     def claim_tests(self, matrix: str, pick: str) -> dict[str, bool]:
         """The three tests of "an eigenvalue cluster is a circuit" for one matrix at one pick: its top
@@ -508,7 +518,9 @@ class Result:
                     out[f"conc_{m}_{block}_pct"] = 100 * r.share
                     out[f"conc_{m}_{block}_q95_pct"] = 100 * r.null_q95
                     out[f"conc_{m}_{block}_expected_pct"] = 100 * r.expected
-                    out[f"conc_{m}_{block}_word"] = concentration_word(r.share, r.null_q95, smoke=smoke)
+                    out[f"conc_{m}_{block}_word"] = concentration_word(r.share, r.null_q95, smoke=smoke,
+                                                                        null_q05=r.null_q05)
+                    out[f"conc_{m}_{block}_weight_pct"] = 100 * r.block_weight
         for pk in c.picks:
             for m in c.matrices:
                 for block in ("W_E", "W_U"):
@@ -523,7 +535,7 @@ class Result:
             out["conc_first_sentence"] = (
                 f"At {first} (step {self.picks[first]}) the Hessian's top eigenvectors hold {100 * r0.share:.1f} % of "
                 f"their W_E weight there (null 95th percentile {100 * r0.null_q95:.1f} %): the Hessian "
-                f"{concentration_word(r0.share, r0.null_q95, smoke=smoke)} in W_E.")
+                f"{concentration_word(r0.share, r0.null_q95, smoke=smoke, null_q05=r0.null_q05)} in W_E.")
         else:
             out["conc_first_sentence"] = ""
         cl = self.clusters
@@ -551,8 +563,8 @@ class Result:
         else:
             names = ", ".join(m.replace("_", " ") for m in seers) or "none of them"
             out["seers"] = (f"{len(seers)} of the {n_matrices} matrices ({names}) have top eigenvectors that "
-                            f"concentrate on the key frequencies of W_E or W_U beyond the random-subspace null at "
-                            f"{pick}")
+                            f"concentrate on the key frequencies beyond the random-subspace null, in the per-token "
+                            f"block (W_E or W_U) that holds most of their weight, at {pick}")
             out["answer"] = (f"{claim_sentence(tests.get('hessian'), pick, grokked=self.grokked, has_key=bool(self.key_frequencies))} "
                              f"Over the {n_matrices} matrices: {out['seers']}; their ε-clusters match the vectors' "
                              f"dominant frequencies beyond the permutation null for {n_cluster_key}; ablating the top "
@@ -762,8 +774,10 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                 null = np.array([pooled_share(vectors, at, block, random_token_rows(p, len(key_rows), rng))
                                  for _ in range(c.n_null)])
                 q95, above = null_quantile(null, share) if np.isfinite(share) else (float("nan"), False)
-                conc_rows.append(dict(row, share=share, null_q95=q95, null_median=float(np.median(null)),
-                                      expected=len(key_rows) / (p - 1), above=above))
+                conc_rows.append(dict(row, block_weight=float(block_masses(vectors, at)[block].mean()), share=share,
+                                      null_q95=q95, null_q05=float(np.quantile(null, 0.05)),
+                                      null_median=float(np.median(null)), expected=len(key_rows) / (p - 1),
+                                      above=above))
         # clusters of the top eigenvalues
         values, vectors = pairs.top_values, pairs.top_vectors
         # label each vector in the per-token block (W_E or W_U) that holds more of the top vectors' weight

@@ -97,6 +97,7 @@ def test_words_render_no_verdict_at_the_smoke_preset():
     assert concentration_word(0.9, 0.1, smoke=True) == mechanistic_modadd.SMOKE_WORDS
     assert concentration_word(0.9, 0.1, smoke=False).startswith("concentrates")
     assert concentration_word(0.05, 0.1, smoke=False).startswith("does not")
+    assert concentration_word(0.05, 0.1, smoke=False, null_q05=0.06).startswith("avoids")
     assert ablation_word(0.0, 1.0, np.array([0.9, 1.0]), smoke=True) == mechanistic_modadd.SMOKE_WORDS
     assert ablation_word(0.01, 1.0, np.array([0.9, 1.0]), smoke=False).startswith("hurts more than every one of "
                                                                                     "the 2")
