@@ -193,3 +193,22 @@ def test_claim_sentence_reads_the_three_tests():
     assert "only in part: passed concentrates; failed clusters are frequencies" in partly
     assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=False, has_key=True)
     assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=True, has_key=False)
+
+
+def test_eigenpairs_read_the_grokking_chapters_dense_spectrum_where_it_exists(tmp_path):
+    """A stored full spectrum of the grokking chapter is read instead of Lanczos, and agrees with Lanczos."""
+    config = Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path), "n_eigenvectors": 3,
+                                     "grokking": {"n_steps": 60, "sparse_every": 1000, "n_log_checkpoints": 4}})
+    g = config.grokking
+    run = grokking_modadd.main_run(g, progress=False)
+    step = run.checkpoint_steps[-1]
+    batch = grokking_modadd.hessian_batch(g)
+    lanczos_pairs = mechanistic_modadd._eigenpairs(config, run, step, "hessian", batch)
+    assert lanczos_pairs.source == "lanczos"
+    grokking_modadd._dense(g, run, step)  # the grokking chapter stores the full spectrum at this step
+    dense_pairs = mechanistic_modadd._eigenpairs(config, run, step, "hessian", batch)
+    assert dense_pairs.source == "dense"
+    assert np.allclose(dense_pairs.top_values, lanczos_pairs.top_values, rtol=1e-4)
+    assert np.allclose(dense_pairs.bottom_values, lanczos_pairs.bottom_values, atol=1e-4 * lanczos_pairs.top_values[0])
+    overlap = np.abs(np.sum(dense_pairs.top_vectors[:, :1] * lanczos_pairs.top_vectors[:, :1]))
+    assert overlap > 0.99
