@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from hessian_core import eigen_linkage, hessian_operator, lanczos, spectral_gaps, spectrum_stats
 
 from .. import config as checks
+from ..batched import train_modadd_batched
 from ..circuit import mlp_activations, progress_measures
 from ..config import ChapterConfig
 from ..curves import grokking_delay, groks, phase_statistics, transition_checkpoints, transition_window
@@ -46,8 +47,9 @@ from ..stats import PhaseDifference, phase_difference
 from ..store import ResultStore
 from ..training import checkpoint_name, split_evaluator, train_full_batch_adamw
 
-__all__ = ["Config", "RunSpec", "main_run", "train_run", "hessian_batch", "run_hessian_batch", "checkpoint_steps",
-           "window", "transition_picks", "refinement_steps", "refine_run", "recipe_label", "test_at_twice_memorised",
+__all__ = ["Config", "RunSpec", "main_run", "train_run", "train_runs_batched", "hessian_batch", "run_hessian_batch",
+           "checkpoint_steps", "window", "transition_picks", "refinement_steps", "refine_run", "recipe_label",
+           "test_at_twice_memorised",
            "plateau_phases", "run_boundaries", "phase_masks", "matched_boundaries", "RecipeCurves", "RunAnalysis",
            "analyse_run", "task", "compare_phases", "Result", "analysis_stores", "run", "plot_recipes",
            "plot_main_run", "plot_replication", "plot_progress_measures", "plot_spike", "plot_summary",
@@ -280,14 +282,27 @@ def checkpoint_steps(config: Config) -> list[int]:
     return sorted(s for s in steps if 0 <= s <= c.n_steps)
 
 
+def _training(config: Config, spec: RunSpec) -> dict:
+    """The arguments of :func:`hessian_book.runs.train_modadd` that key one run's store."""
+    c = config
+    return dict(p=c.p, train_fraction=c.train_fraction, split_seed=spec.split_seed, seed=spec.seed,
+                d_model=c.d_model, n_heads=c.n_heads, d_mlp=c.d_mlp, lr=c.lr, weight_decay=spec.weight_decay,
+                betas=c.betas, n_steps=c.n_steps, log_every=c.log_every, checkpoint_steps=checkpoint_steps(c))
+
+
 def train_run(config: Config, spec: RunSpec, *, progress: bool | None = None) -> ModAddRun:
     """Train (or resume, or read) one run; keyed by its training parameters only."""
-    c = config
-    return train_modadd(c.results_dir, "grokking_modadd", p=c.p, train_fraction=c.train_fraction,
-                        split_seed=spec.split_seed, seed=spec.seed, d_model=c.d_model, n_heads=c.n_heads,
-                        d_mlp=c.d_mlp, lr=c.lr, weight_decay=spec.weight_decay, betas=c.betas, n_steps=c.n_steps,
-                        log_every=c.log_every, checkpoint_steps=checkpoint_steps(c), progress=progress,
+    return train_modadd(config.results_dir, "grokking_modadd", **_training(config, spec), progress=progress,
                         desc=spec.label)
+
+
+def train_runs_batched(config: Config, specs: Sequence[RunSpec], *,
+                       progress: bool | None = None) -> list[ModAddRun]:
+    """Train (or resume, or read) several runs together (:func:`hessian_book.batched.train_modadd_batched`) into
+    the very stores :func:`train_run` reads, which then finds them complete (equal to float32 rounding to what it
+    would have trained itself)."""
+    return train_modadd_batched(config.results_dir, "grokking_modadd", [_training(config, s) for s in specs],
+                                progress=progress, desc=f"{len(specs)} runs, batched")
 
 
 def main_run(config: Config, *, progress: bool | None = None) -> ModAddRun:
@@ -794,10 +809,10 @@ def _spike(config: Config, run: ModAddRun, start: int, *, progress: bool | None 
 def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None = False, **arguments: Any) -> dict:
     """One independent task of :func:`run` (module-level, so worker processes import it), with ``threads`` torch
     threads (restored afterwards): ``kind="run"`` (``spec=dict(role, seed, split_seed, weight_decay)``):
-    :func:`analyse_run`; ``"recipe"`` (``entry=[d_model, n_heads, d_mlp, weight_decay]``): a recipe candidate;
-    ``"dense"``/``"fullset"`` (``step=``): the reference run's full spectrum or full-set
-    top-k there; ``"spike"`` (``start=``): the resolved spike. Results go to the stores (atomic writes); the
-    return value is a small summary."""
+    :func:`analyse_run`; ``"train"`` (``specs=[spec, ...]``): :func:`train_runs_batched`; ``"recipe"``
+    (``entry=[d_model, n_heads, d_mlp, weight_decay]``): a recipe candidate; ``"dense"``/``"fullset"``
+    (``step=``): the reference run's full spectrum or full-set top-k there; ``"spike"`` (``start=``): the
+    resolved spike. Results go to the stores (atomic writes); the return value is a small summary."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -805,6 +820,11 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
             analysis = analyse_run(config, RunSpec(**arguments["spec"]), progress=progress)
             return {"kind": kind, "label": analysis.label, "checkpoints": len(analysis.checkpoints),
                     "groks": analysis.groks}
+        if kind == "train":
+            trained = train_runs_batched(config, [RunSpec(**spec) for spec in arguments["specs"]],
+                                         progress=progress)
+            return {"kind": kind, "labels": [RunSpec(**spec).label for spec in arguments["specs"]],
+                    "steps": [run.log[-1]["step"] for run in trained]}
         if kind == "recipe":
             recipe = _recipe_run(config, *arguments["entry"], progress=progress)
             return {"kind": kind, "label": recipe_label(*arguments["entry"]), "steps": recipe.params["n_steps"]}
@@ -817,7 +837,7 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
                     "hvps": _fullset(config, reference, arguments["step"])["hvps"]}
         if kind == "spike":
             return {"kind": kind, "n": len(_spike(config, reference, arguments["start"], progress=progress))}
-        raise ValueError(f"kind={kind!r} must be 'run', 'recipe', 'dense', 'fullset' or 'spike'")
+        raise ValueError(f"kind={kind!r} must be 'run', 'train', 'recipe', 'dense', 'fullset' or 'spike'")
     finally:
         torch.set_num_threads(previous)
 
@@ -1251,8 +1271,16 @@ def _fullset_table(config: Config, reference: RunAnalysis, fullset: Mapping[str,
         columns=["step", "λ_max ratio", "top-k ratio min", "top-k ratio max"])
 
 
-def run(config: Config, *, progress: bool | None = None) -> Result:
+def run(config: Config, *, progress: bool | None = None, batch_runs: bool = False) -> Result:
     """Compute the chapter (every step is stored as it completes, so an interrupted run resumes).
+
+    ``batch_runs=False`` trains each run alone inside its analysis task; ``True`` trains the runs of
+    :meth:`Config.runs` first, together (:func:`train_runs_batched`: one vectorised forward/backward per step, two
+    tasks of half the runs each, next to the recipe candidates), then analyses them. The numbers agree to float32
+    rounding (the same stores), so this is not a parameter of the chapter. On this project's 2-core CPU batching
+    saves no compute at the chapter's sizes (``benchmarks/bench_batched_training.py``: CPU time per run-step
+    within about 6 % of a run alone) and training everything before any analysis balances the two workers worse;
+    hence the default.
 
     The runs of the replication and the control and the recipe candidates are independent tasks (:func:`task`)
     on ``config.scheduler`` (the long runs first, so that two workers stay busy to the end); then the reference
@@ -1263,12 +1291,12 @@ def run(config: Config, *, progress: bool | None = None) -> Result:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(config, progress=progress)
+        return _run(config, progress=progress, batch_runs=batch_runs)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(config: Config, *, progress: bool | None) -> Result:
+def _run(config: Config, *, progress: bool | None, batch_runs: bool) -> Result:
     started = time.perf_counter()
     show = show_progress(progress)
     c, k = config, config.lanczos_k
@@ -1278,7 +1306,17 @@ def _run(config: Config, *, progress: bool | None) -> Result:
     tasks_started = time.perf_counter()
     first_tasks = [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
                    for s in specs]
-    first_tasks += [dict(config=c, kind="recipe", entry=list(entry), progress=False) for entry in c.recipe_configs]
+    recipe_tasks = [dict(config=c, kind="recipe", entry=list(entry), progress=False) for entry in c.recipe_configs]
+    if batch_runs:
+        # the runs are trained first, in two batches (one per worker process, like every other task here),
+        # next to the recipe candidates; the analysis tasks then find them in their stores
+        groups = [specs[:(len(specs) + 1) // 2], specs[(len(specs) + 1) // 2:]]
+        training = [dict(config=c, kind="train", specs=[vars(s).copy() for s in group],
+                         progress=progress if serial else False) for group in groups if group]
+        workers += [r.worker for r in run_tasks(task, training + recipe_tasks, scheduler=c.scheduler,
+                                                desc="training", progress=show)]
+    else:
+        first_tasks += recipe_tasks
     first = run_tasks(task, first_tasks, scheduler=c.scheduler, desc="runs", progress=show)
     workers += [r.worker for r in first]
     recipe_runs = [_recipe_run(c, *entry, progress=False) for entry in c.recipe_configs]  # read back

@@ -254,6 +254,37 @@ def test_refined_checkpoints_equal_the_original_run(tmp_path, monkeypatch):
         assert record["train_loss"] == pytest.approx(by_step[record["step"]]["train_loss"], rel=1e-12)
 
 
+def test_batched_training_fills_the_stores_train_run_reads(tmp_path):
+    """The runs trained together land in ``train_run``'s stores (same keys), which reads them back
+    as complete; each equals the run trained alone to float32 rounding."""
+    import torch
+
+    from hessian_book.training import checkpoint_name
+
+    small = dict(preset="smoke", n_steps=40, n_log_checkpoints=3, sparse_every=20)
+    config = grokking_modadd.Config.from_parameters(dict(small, results_dir=str(tmp_path / "batched")))
+    alone_config = grokking_modadd.Config.from_parameters(dict(small, results_dir=str(tmp_path / "alone")))
+    specs = config.runs()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batched = grokking_modadd.train_runs_batched(config, specs, progress=False)
+        for spec, b in zip(specs, batched):
+            read = grokking_modadd.train_run(config, spec, progress=False)
+            assert read.store.key == b.store.key and read.log == b.log  # read back: nothing trained
+            alone = grokking_modadd.train_run(alone_config, spec, progress=False)
+            assert alone.store.key == b.store.key  # the root differs, the key does not
+            final = checkpoint_name(config.n_steps)
+            for name, tensor in alone.store.load(final)["model"].items():
+                torch.testing.assert_close(b.store.load(final)["model"][name], tensor, rtol=1e-5, atol=1e-6)
+            for ra, rb in zip(alone.log, b.log):
+                assert ra["step"] == rb["step"]
+                assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=1e-6)
+                assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5, abs=1e-6)
+    finally:
+        torch.set_num_threads(previous)
+
+
 # ---------------------------------------------------------------------------------------------- result, figures
 
 TINY = dict(preset="smoke", n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]], n_log_checkpoints=4,
@@ -321,6 +352,26 @@ def test_rerun_reads_the_stores(tiny, monkeypatch):
     assert np.array_equal(again.extremes, result.extremes)
     same = {k: v for k, v in result.glued().items() if not k.startswith(("seconds", "minutes"))}
     assert {k: v for k, v in again.glued().items() if k in same} == pytest.approx(same, nan_ok=True)
+
+
+def test_batch_runs_gives_the_same_chapter(tiny, tmp_path, monkeypatch):
+    """``batch_runs=True`` trains the runs in two batched tasks before the analyses; the chapter's numbers equal
+    the unbatched ones to float32 rounding (Hessian extremes are float64 functions of float32 parameters)."""
+    config, result = tiny
+    calls = []
+    original = grokking_modadd.train_runs_batched
+    monkeypatch.setattr(grokking_modadd, "train_runs_batched",
+                        lambda c, specs, **kw: calls.append([s.label for s in specs]) or original(c, specs, **kw))
+    batched_config = grokking_modadd.Config.from_parameters(dict(TINY, results_dir=str(tmp_path)))
+    batched = grokking_modadd.run(batched_config, progress=False, batch_runs=True)
+    assert sorted(sum(calls, [])) == sorted(s.label for s in config.runs()) and len(calls) == 2
+    np.testing.assert_allclose(batched.extremes, result.extremes, rtol=1e-4, atol=1e-6)
+    for a, b in zip(batched.runs, result.runs):
+        assert a.run_key == b.run_key
+        pd.testing.assert_frame_equal(a.curves, b.curves, rtol=1e-5, atol=1e-6)
+    same = {k: v for k, v in result.glued().items() if not k.startswith(("seconds", "minutes"))}
+    assert {k: v for k, v in batched.glued().items() if k in same and isinstance(v, str)} == {
+        k: v for k, v in same.items() if isinstance(v, str)}
 
 
 def test_figures_draw(tiny):
