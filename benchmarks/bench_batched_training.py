@@ -120,9 +120,11 @@ def main() -> None:
     if 1 in threads and 2 in threads and 6 in sizes and 3 in sizes:
         two_processes = table[(1, 3)][1]  # two one-thread processes of R = 3 side by side (if the cores are free)
         one_process = table[(2, 6)][1]
-        print(f"\nall six runs per step: two 1-thread processes of R=3 side by side ≈ {two_processes:.1f} ms "
-              f"(the 1-thread R=3 time, assuming two free cores) vs one 2-thread process of R=6: "
-              f"{one_process:.1f} ms vs one 1-thread process of R=6: {table[(1, 6)][1]:.1f} ms")
+        alone = table[(1, 3)][0]  # two 1-thread processes, each training three runs one at a time
+        print(f"\none step of all six runs on two cores (assuming two free cores for two processes): "
+              f"two 1-thread processes training single runs ≈ {alone:.1f} ms; two 1-thread processes of "
+              f"batched R=3 ≈ {two_processes:.1f} ms; one 2-thread process of R=6: {one_process:.1f} ms; "
+              f"one 1-thread process of R=6: {table[(1, 6)][1]:.1f} ms")
 
 
 if __name__ == "__main__":

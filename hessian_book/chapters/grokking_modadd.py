@@ -1277,10 +1277,11 @@ def run(config: Config, *, progress: bool | None = None, batch_runs: bool = Fals
     ``batch_runs=False`` trains each run alone inside its analysis task; ``True`` trains the runs of
     :meth:`Config.runs` first, together (:func:`train_runs_batched`: one vectorised forward/backward per step, two
     tasks of half the runs each, next to the recipe candidates), then analyses them. The numbers agree to float32
-    rounding (the same stores), so this is not a parameter of the chapter. On this project's 2-core CPU batching
-    saves no compute at the chapter's sizes (``benchmarks/bench_batched_training.py``: CPU time per run-step
-    within about 6 % of a run alone) and training everything before any analysis balances the two workers worse;
-    hence the default.
+    rounding (the same stores), so this is not a parameter of the chapter. It is off because on this project's
+    2-core CPU it is slower (``benchmarks/bench_batched_training.py``, idle machine: one step of all six runs takes
+    ~94 ms as two one-thread processes training single runs, the default, against ~120 ms as two one-thread
+    batches of three and ~126 ms as one two-thread batch of six); it may pay where one step of one run leaves
+    the hardware idle (a GPU).
 
     The runs of the replication and the control and the recipe candidates are independent tasks (:func:`task`)
     on ``config.scheduler`` (the long runs first, so that two workers stay busy to the end); then the reference
