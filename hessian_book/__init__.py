@@ -9,6 +9,9 @@ Shared pieces, one job per module:
 * ``measure``, ``sharpness``, ``curves`` -- per-checkpoint Hessian measurements; Adam-preconditioned sharpness;
   events read off training curves;
 * ``fourier``, ``circuit`` -- Fourier tools for modular addition; Nanda et al.'s progress measures of its circuit;
+* ``mechanism`` -- ablations, patching, eigenvector weight on Fourier subspaces against a random-subspace null,
+  other curvature matrices, probes (the mechanistic chapter);
+* ``batched`` -- several full-batch AdamW runs of one architecture trained together;
 * ``stats``, ``sampling``, ``spikes`` -- hierarchical bootstrap of phase differences over seeds; stratified
   Hessian subsamples; training-loss spikes;
 * ``config``, ``fanout``, ``progress``, ``glue``, ``plots`` -- chapter configurations; running independent
