@@ -106,6 +106,11 @@ class ChapterConfig:
         choice("preset", self.preset, self.PRESETS)
         if not isinstance(self.results_dir, str):
             raise ConfigError(f"results_dir={self.results_dir!r} must be a path (str)")
+        for f in dataclasses.fields(self):
+            kind = _nested_config(f)
+            if kind is not None and not isinstance(getattr(self, f.name), kind):
+                raise ConfigError(f"{f.name}={getattr(self, f.name)!r} must be a {kind.__module__}.Config (or, in "
+                                  "from_parameters, a dict of its parameters)")
         self.validate()
 
     def validate(self) -> None:

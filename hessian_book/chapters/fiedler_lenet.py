@@ -96,12 +96,6 @@ class Config(ChapterConfig):
     stability_draws: int = 4
 
     def validate(self) -> None:
-        if not isinstance(self.mnist, mnist_lenet.Config):
-            raise checks.ConfigError(f"mnist={self.mnist!r} must be a mnist_lenet.Config (or, in from_parameters, "
-                                     "a dict of its parameters)")
-        if not isinstance(self.grokking, grokking_modadd.Config):
-            raise checks.ConfigError(f"grokking={self.grokking!r} must be a grokking_modadd.Config (or, in "
-                                     "from_parameters, a dict of its parameters)")
         checks.choice("split", self.split, ("sign", "sweep"))
         checks.choice("laplacian", self.laplacian, ("normalized", "combinatorial"))
         checks.choice("monotone", self.monotone, ("clip", "max"))

@@ -107,12 +107,6 @@ class Config(ChapterConfig):
     scheduler: str | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.grokking, grokking_modadd.Config):
-            raise checks.ConfigError(f"grokking={self.grokking!r} must be a grokking_modadd.Config (or, in "
-                                     "from_parameters, a dict of its parameters)")
-        if not isinstance(self.depth, mlp_depth_modadd.Config):
-            raise checks.ConfigError(f"depth={self.depth!r} must be a mlp_depth_modadd.Config (or, in "
-                                     "from_parameters, a dict of its parameters)")
         checks.prime("depth.p", self.depth.p)
         if self.depth.p < 5:
             raise checks.ConfigError(f"depth.p={self.depth.p} must be >= 5 (a Fourier analysis needs frequencies)")

@@ -71,3 +71,13 @@ def test_validators():
             checks.scheduler("scheduler", bad)
     with pytest.raises(ConfigError, match="seeds="):
         checks.int_list("seeds", [0, -1])
+
+
+def test_a_nested_field_must_hold_its_chapters_config():
+    """ChapterConfig checks every nested() field itself, so no chapter repeats the check."""
+    from hessian_book.chapters import fiedler_lenet, mechanistic_modadd
+
+    with pytest.raises(ConfigError, match=r"^mnist=\{\} must be a hessian_book\.chapters\.mnist_lenet\.Config"):
+        fiedler_lenet.Config(mnist={})
+    with pytest.raises(ConfigError, match=r"^depth="):
+        mechanistic_modadd.Config(depth=fiedler_lenet.Config())
