@@ -1,6 +1,7 @@
 """Per-checkpoint Hessian measurements, each timed and returned as a small frozen dataclass for the store.
 
-* :func:`extreme_eigenvalues` -- both ends of the spectrum by Lanczos;
+* :func:`extreme_eigenvalues` -- both ends of the spectrum by Lanczos, optionally warm-started from the previous
+  checkpoint's Ritz vectors;
 * :func:`slq_density` / :func:`slq_stats` -- stochastic Lanczos quadrature of the bulk and its summary statistics;
 * :func:`dense_spectrum` -- the exact Hessian, all its eigenvalues and the extreme eigenvectors.
 
@@ -10,6 +11,7 @@ All take ``model`` and ``batch = (inputs, targets)`` with the cross-entropy loss
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 from scipy.special import xlogy
 from torch import Tensor, nn
 
-from hessian_core import eigendecomposition, full_hessian, hessian_operator, lanczos, spectral_density
+from hessian_core import eigendecomposition, full_hessian, hessian_operator, spectral_density, warm_lanczos
 
 __all__ = ["Timer", "timed", "ExtremeEigenvalues", "extreme_eigenvalues", "QuadratureDensity", "slq_density",
            "slq_stats", "HessianSpectrum", "dense_spectrum"]
@@ -44,25 +46,40 @@ def timed() -> Iterator[Timer]:
 @dataclass(frozen=True)
 class ExtremeEigenvalues:
     """The ``k`` smallest and ``k`` largest eigenvalues (``eigenvalues: ndarray[2k]`` ascending), the loss on the
-    batch, the number of Hessian-vector products and the wall time."""
+    batch, the number of Hessian-vector products and the wall time; ``warm``: whether a start block gave the
+    answer (:func:`hessian_core.warm_lanczos`); ``vectors``: the Ritz vectors ``ndarray[P, 2k]``, the next
+    checkpoint's start. Chapters store :meth:`without_vectors` (``P x 2k`` floats per checkpoint would dwarf every
+    other result), so vectors exist in memory only and a result read back from a store has none."""
 
     eigenvalues: np.ndarray
     loss: float
     hvps: int
     seconds: float
+    warm: bool = False
+    vectors: np.ndarray | None = None
+
+    def without_vectors(self) -> ExtremeEigenvalues:
+        """This result without its Ritz vectors (what a store keeps)."""
+        return dataclasses.replace(self, vectors=None)
 
 
 def extreme_eigenvalues(model: nn.Module, batch: tuple[Tensor, Tensor], *, k: int, tol: float,
-                        block_size: int = 1, seed: int = 0) -> ExtremeEigenvalues:
-    """The ``k`` smallest and ``k`` largest Hessian eigenvalues (float64, :func:`hessian_core.lanczos`).
+                        block_size: int = 1, seed: int = 0, start: np.ndarray | None = None) -> ExtremeEigenvalues:
+    """The ``k`` smallest and ``k`` largest Hessian eigenvalues and their Ritz vectors (float64).
 
+    :func:`hessian_core.warm_lanczos`: with ``start=None`` (or an unusable start) exactly the cold
+    :func:`hessian_core.lanczos` with this ``seed`` and ``block_size``; with ``start`` (``ndarray[P, c]``, e.g.
+    the previous checkpoint's ``vectors``) its first Krylov sequence starts there. Either way every pair meets
+    the same certified residual bound ``tol * max|theta|`` (so each value is that close to an eigenvalue); warm and
+    cold values differ at that level only.
     ``block_size > 1`` runs block Lanczos: more HVPs, but batched ones, which cost far less each here.
     """
     with timed() as timer:
         op = hessian_operator(model, nn.CrossEntropyLoss(), batch)
-        values = lanczos(op, k, which="both", tol=tol, seed=seed, block_size=block_size, progress=False)
-    return ExtremeEigenvalues(eigenvalues=np.asarray(values), loss=float(op.loss), hvps=op.n_products,
-                              seconds=timer.seconds)
+        result = warm_lanczos(op, k, start=start, which="both", tol=tol, seed=seed, block_size=block_size,
+                              progress=False)
+    return ExtremeEigenvalues(eigenvalues=np.asarray(result.eigenvalues), loss=float(op.loss), hvps=op.n_products,
+                              seconds=timer.seconds, warm=result.warm, vectors=np.asarray(result.eigenvectors))
 
 
 @dataclass(frozen=True)

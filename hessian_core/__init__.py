@@ -15,6 +15,7 @@ from .lanczos import LanczosConvergenceError, LanczosResult, lanczos, lanczos_so
 from .operators import HessianOperator, full_hessian, hessian_operator, hvp
 from .partitions import adjusted_rand_index, composition, largest_component, parameter_labels, top_clusters
 from .spectrum import DenseSpectrum, eigendecomposition, spectrum_stats
+from .warm import WarmLanczosResult, warm_lanczos
 
 __version__ = "0.2.0"
 
@@ -23,6 +24,8 @@ __all__ = [
     "hvp", "full_hessian", "hessian_operator", "HessianOperator", "gauss_newton",
     # lanczos
     "lanczos", "lanczos_solve", "top_eigenvalue", "LanczosResult", "LanczosConvergenceError",
+    # warm-started lanczos
+    "warm_lanczos", "WarmLanczosResult",
     # density
     "hutchinson_trace", "spectral_density", "SpectralDensity", "TraceEstimate",
     # spectrum

@@ -223,6 +223,36 @@ def _banded_ritz(matrix: np.ndarray, bandwidth: int, n_bottom: int, n_top: int) 
     return np.concatenate(values), np.concatenate(vectors, axis=1)
 
 
+def _check_settings(size: int, k: object, *, which: object, tol: object, block_size: object, max_iter: object,
+                    failure_probability: object) -> dict:
+    """Validated :class:`_LanczosSolver` settings for a ``(size, size)`` operator (errors name the argument)."""
+    if which not in ("largest", "smallest", "both"):
+        raise ValueError(f"which={which!r} must be one of 'largest', 'smallest', 'both'")
+    k = _check_int("k", k, minimum=1)
+    if which == "both" and k > size // 2:
+        raise ValueError(f"k={k} must be <= P//2={size // 2} for which='both'")
+    if k > size:
+        raise ValueError(f"k={k} must be <= P={size}")
+    tol = _check_positive_float("tol", tol)
+    block_size = _check_int("block_size", block_size, minimum=1)
+    if block_size > size:
+        raise ValueError(f"block_size={block_size} must be <= P={size}")
+    failure_probability = _check_positive_float("failure_probability", failure_probability)
+    if failure_probability >= 1:
+        raise ValueError(f"failure_probability={failure_probability} must be < 1")
+    want_top = which in ("largest", "both")
+    want_bottom = which in ("smallest", "both")
+    n_wanted = k * (int(want_top) + int(want_bottom))
+    if max_iter is None:
+        max_iter = _default_max_iter(size, n_wanted)
+    max_iter = min(_check_int("max_iter", max_iter, minimum=1), size)
+    if max_iter < max(n_wanted, block_size):
+        raise ValueError(f"max_iter={max_iter} must be >= the number of wanted eigenvalues ({n_wanted}) and "
+                         f">= block_size={block_size}")
+    return dict(k=k, want_top=want_top, want_bottom=want_bottom, tol=tol, max_iter=max_iter,
+                failure_probability=failure_probability)
+
+
 def lanczos_solve(
     operator: LinearOperator | ArrayLike,
     k: int,
@@ -318,33 +348,10 @@ def lanczos_solve(
         LanczosConvergenceError: ``max_iter`` reached before the stopping rule (incl. the multiplicity check) held.
     """
     apply, size = _prepare_operator(operator)
-    if which not in ("largest", "smallest", "both"):
-        raise ValueError(f"which={which!r} must be one of 'largest', 'smallest', 'both'")
-    k = _check_int("k", k, minimum=1)
-    if which == "both" and k > size // 2:
-        raise ValueError(f"k={k} must be <= P//2={size // 2} for which='both'")
-    if k > size:
-        raise ValueError(f"k={k} must be <= P={size}")
-    tol = _check_positive_float("tol", tol)
-    block_size = _check_int("block_size", block_size, minimum=1)
-    if block_size > size:
-        raise ValueError(f"block_size={block_size} must be <= P={size}")
-    failure_probability = _check_positive_float("failure_probability", failure_probability)
-    if failure_probability >= 1:
-        raise ValueError(f"failure_probability={failure_probability} must be < 1")
-    want_top = which in ("largest", "both")
-    want_bottom = which in ("smallest", "both")
-    n_wanted = k * (int(want_top) + int(want_bottom))
-    if max_iter is None:
-        max_iter = _default_max_iter(size, n_wanted)
-    max_iter = min(_check_int("max_iter", max_iter, minimum=1), size)
-    if max_iter < max(n_wanted, block_size):
-        raise ValueError(f"max_iter={max_iter} must be >= the number of wanted eigenvalues ({n_wanted}) and "
-                         f">= block_size={block_size}")
-    solver = _LanczosSolver(apply, size, k=k, want_top=want_top, want_bottom=want_bottom, tol=tol,
-                            max_iter=max_iter, failure_probability=failure_probability,
-                            rng=np.random.default_rng(seed))
-    with blas_threads_limited(blas_threads), tqdm(total=max_iter, disable=not progress, desc="lanczos",
+    settings = _check_settings(size, k, which=which, tol=tol, block_size=block_size, max_iter=max_iter,
+                               failure_probability=failure_probability)
+    solver = _LanczosSolver(apply, size, **settings, rng=np.random.default_rng(seed))
+    with blas_threads_limited(blas_threads), tqdm(total=settings["max_iter"], disable=not progress, desc="lanczos",
                                                   unit="HVP") as bar:
         solver.bar = bar
         final = solver.run(block_size)

@@ -103,3 +103,26 @@ def test_train_modadd_resumes_and_spectra_agree(tmp_path):
         hessian_batch(7, 0.5, 0, 100, subsample_seed=1)
     with pytest.raises(ValueError, match="log_every"):
         train_modadd(str(tmp_path), "t", progress=False, **{**kwargs, "log_every": 0})
+
+
+def test_extreme_eigenvalues_warm_started_from_the_previous_checkpoint(tmp_path):
+    """Chained as the grokking chapter chains it: the second checkpoint starts from the first one's vectors,
+    matches the dense spectrum within the residual bound, and the stored copy carries no vectors."""
+    import torch
+
+    from hessian_book.measure import dense_spectrum, extreme_eigenvalues
+    from hessian_book.runs import hessian_batch, train_modadd
+
+    torch.set_num_threads(1)
+    run = train_modadd(str(tmp_path), "t", progress=False, p=7, train_fraction=0.5, split_seed=0, seed=0, d_model=4,
+                       n_heads=1, d_mlp=8, lr=1e-2, weight_decay=0.5, betas=(0.9, 0.98), n_steps=20, log_every=5,
+                       checkpoint_steps=[0, 10])
+    batch = hessian_batch(7, 0.5, 0, 10, subsample_seed=1)
+    first = extreme_eigenvalues(run.model_at(10), batch, k=3, tol=1e-10)
+    assert not first.warm and first.vectors.shape == (first.vectors.shape[0], 6)
+    second = extreme_eigenvalues(run.model_at(20), batch, k=3, tol=1e-10, start=first.vectors)
+    assert second.warm
+    lam = dense_spectrum(run.model_at(20), batch, n_vectors=2).eigenvalues
+    assert np.allclose(second.eigenvalues, np.concatenate([lam[:3], lam[-3:]]), atol=1e-10 * abs(lam).max())
+    stored = second.without_vectors()
+    assert stored.vectors is None and np.array_equal(stored.eigenvalues, second.eigenvalues) and stored.warm
