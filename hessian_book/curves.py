@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .outcomes import outcome
+
 __all__ = ["first_crossing", "grokking_delay", "groks", "transition_window", "transition_checkpoints",
            "phase_statistics", "stack_logs", "seed_spread", "value_at_step"]
 
@@ -38,27 +40,18 @@ def first_crossing(steps: Sequence[int], values: Sequence[float], threshold: flo
     return int(steps[hits[0]]) if len(hits) else None
 
 
-def grokking_delay(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float], *,
-                   train_threshold: float = 0.99, test_threshold: float = 0.95) -> dict:
-    """Memorisation and generalisation steps and their ratio.
-
-    ``memorised`` is the first step with train accuracy ``>= train_threshold``; ``generalised`` the first with
-    test accuracy ``>= test_threshold`` (each ``None`` if never reached); ``ratio = generalised / memorised``
-    (``None`` unless both exist and ``memorised > 0``). The book calls a run *grokking* when ``ratio >= 5``.
-    """
-    memorised = first_crossing(steps, train_acc, train_threshold)
-    generalised = first_crossing(steps, test_acc, test_threshold)
-    ratio = generalised / memorised if memorised and generalised is not None else None
-    return {"memorised": memorised, "generalised": generalised, "ratio": ratio}
+def grokking_delay(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float]) -> dict:
+    """Memorisation and generalisation steps and their ratio, by the book's one definition
+    (:func:`hessian_book.outcomes.outcome`): ``{"memorised", "generalised", "ratio"}``, each ``None`` when not
+    reached. ``generalised`` is the first logged step from which test accuracy *holds* >= 95 % for the stop
+    rule's margin (or to the end of the log), not a transient crossing."""
+    return outcome(steps, train_acc, test_acc).delay()
 
 
-def groks(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float], *,
-          final_test: float = 0.95, min_ratio: float = 5.0) -> bool:
-    """The book's definition of grokking: final test accuracy ``> final_test`` and test accuracy first reaching
-    95 % at least ``min_ratio`` times later (in steps) than train accuracy first reaches 99 %
-    (:func:`grokking_delay`)."""
-    ratio = grokking_delay(steps, train_acc, test_acc)["ratio"]
-    return bool(np.asarray(test_acc, dtype=float)[-1] > final_test and ratio is not None and ratio >= min_ratio)
+def groks(steps: Sequence[int], train_acc: Sequence[float], test_acc: Sequence[float]) -> bool:
+    """The book's definition of grokking (:func:`hessian_book.outcomes.outcome`): generalised within the logged
+    run with a delay ratio >= 5."""
+    return outcome(steps, train_acc, test_acc).groks
 
 
 def transition_window(steps: Sequence[int], test_acc: Sequence[float], *, low: float = 0.5,
@@ -133,19 +126,21 @@ def phase_statistics(steps: Sequence[int], values: Sequence[float],
     return out
 
 
-def stack_logs(logs: Sequence[Sequence[Mapping]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def stack_logs(logs: Sequence[Sequence[Mapping]], key: str, *, union: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-run logs (lists of records with ``"step"``) → ``(steps: ndarray[T], values: ndarray[R, T])``.
 
-    Only steps logged by every run are kept (runs of one configuration share their log steps); a missing
-    ``key`` or ``None`` becomes NaN.
+    Only steps logged by every run are kept (runs of one configuration share their log steps), or with
+    ``union=True`` every step logged by any run (runs that ended earlier, e.g. by a stop rule, get NaN after their
+    end); a missing ``key`` or ``None`` becomes NaN.
     """
     if not logs:
         raise ValueError("logs must hold at least one run")
-    common = sorted(set.intersection(*[{int(r["step"]) for r in log} for log in logs]))
+    sets = [{int(r["step"]) for r in log} for log in logs]
+    common = sorted(set.union(*sets) if union else set.intersection(*sets))
     values = np.full((len(logs), len(common)), np.nan)
     for i, log in enumerate(logs):
         by_step = {int(r["step"]): r.get(key) for r in log}
-        values[i] = [np.nan if by_step[s] is None else by_step[s] for s in common]
+        values[i] = [np.nan if by_step.get(s) is None else by_step[s] for s in common]
     return np.asarray(common), values
 
 
