@@ -1,0 +1,281 @@
+"""The unit costs of the cost model behind ``book/build.py --plan`` (``book/cost.py``), in reference-speed seconds.
+
+    python benchmarks/bench_cost_units.py             # writes benchmarks/cost_units.json (a few minutes)
+    python benchmarks/bench_cost_units.py --out FILE
+
+Each unit operation the chapters repeat (an AdamW step of the grokking transformer or of a depth-chapter MLP, one
+checkpoint's Lanczos extremes / SLQ / progress measures, an exact Hessian, a dense eigendecomposition, an SGD step
+of LeNet-tiny, a Fiedler tree, ...) is timed on one thread at one or two sizes. Each point is stored with its *work*
+(the size measure its cost is taken to grow with, named in ``work``) and its time scaled to the reference speed
+(:mod:`hessian_book.calibration`): a full calibration is printed before and after, and each measurement is
+divided by its own speed factor, the mean of short calibrations (~1 s) just before and after it, since the load
+of a shared machine drifts within minutes. ``book/cost.py`` fits ``seconds = a + b * work`` through a unit's
+points (two points: the line through them; one point: proportional) and counts how many of each a chapter does
+from its parameters. Memory-bound units (exact Hessians, eigendecompositions) slow down under a shared machine's
+load more than the calibration's small step does: measure on a quiet machine where possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hessian_book.calibration import calibrate, print_calibration
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "cost_units.json"
+
+
+def _speed() -> float:
+    """A short calibration (about 1.3 s at the reference speed): the speed factor of this moment."""
+    return calibrate(n_blocks=5, block_steps=20, warmup=5, min_blocks=5).speed_factor
+
+
+_FACTORS: list[float] = []
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """The fastest of ``repeats`` calls (seconds) and the last value. A short calibration before and after (the
+    load of a shared machine drifts within minutes): their mean is the speed factor of this measurement."""
+    before = _speed()
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - started)
+    _FACTORS.append((before + _speed()) / 2)
+    return best, value
+
+
+def transformer_units(points: dict, tmp: Path) -> None:
+    from hessian_book.circuit import progress_measures
+    from hessian_book.data import modular_addition_split
+    from hessian_book.measure import dense_spectrum, extreme_eigenvalues, slq_density
+    from hessian_book.models import ModAddTransformer, n_parameters
+    from hessian_book.store import ResultStore
+    from hessian_book.training import split_evaluator, train_full_batch_adamw
+    from hessian_core import full_hessian
+
+    # (name, p, d_model, d_mlp, hessian samples, lanczos k, block): the grokking smoke preset and its defaults
+    sizes = [("small", 23, 8, 16, 30, 3, 2), ("default", 113, 32, 128, 200, 6, 4)]
+    for label, p, d, m, n_h, k, block in sizes:
+        split = modular_addition_split(p, 0.3, 0)
+        model = ModAddTransformer(p, d, 1, m, 0)
+        P = n_parameters(model)
+        n_train = len(split["train"][1])
+        steps = 300
+        runs = iter(range(10))
+
+        def train(n_steps: int = steps):  # a fresh store each call, so that nothing is read back
+            store = ResultStore(str(tmp), f"units_{label}_{next(runs)}", dict(p=p, d=d, m=m))
+            return train_full_batch_adamw(
+                model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=[n_steps], lr=1e-3,
+                weight_decay=0.5, log_steps=range(0, n_steps + 1, 100),
+                evaluate=split_evaluator(split["train"], split["test"]))
+
+        first, _ = timed(lambda: train(20))  # the first call: compiling the step (where it is compiled), warm-up
+        seconds, _ = timed(train)
+        add(points, "transformer_step", label, seconds / steps, n_train * P, steps=steps, P=P, n_train=n_train)
+        _FACTORS.append(_FACTORS[-2])  # the first call's own factor
+        add(points, "transformer_first_call", label, max(first - 20 * seconds / steps, 0.0), n_train * P,
+            what="a training call's fixed cost beyond its steps (compiling the step)")
+        batch = tuple(t[:n_h] for t in split["train"])
+        slq_density(model, batch, n_probes=1, n_steps=5)  # warm-up
+        seconds, out = timed(lambda: extreme_eigenvalues(model, batch, k=k, tol=1e-6, block_size=block))
+        add(points, "transformer_lanczos", label, seconds, n_h * P * k, hvps=out.hvps, k=k, block=block)
+        seconds, out = timed(lambda: slq_density(model, batch, n_probes=3, n_steps=30))
+        add(points, "transformer_slq", label, seconds, n_h * P * 90, hvps=out.hvps)
+        seconds, _ = timed(lambda: progress_measures(model, p, train=split["train"], frequencies=[1, 2, 3]))
+        add(points, "transformer_progress", label, seconds, p * p * P)
+    # exact Hessians of the transformer (work n P^2) at sizes affordable here: the defaults' P = 19,808 is
+    # extrapolated along the line
+    for label, p, d, m, n_h in (("p23", 23, 8, 16, 30), ("p113_d8", 113, 8, 16, 200)):
+        split = modular_addition_split(p, 0.3, 0)
+        model = ModAddTransformer(p, d, 1, m, 0)
+        P = n_parameters(model)
+        batch = tuple(t[:n_h] for t in split["train"])
+        seconds, _ = timed(lambda: full_hessian(model, nn.CrossEntropyLoss(), batch, progress=False))
+        add(points, "transformer_hessian", label, seconds, n_h * P * P, P=P, n=n_h)
+
+
+def eigen_units(points: dict) -> None:
+    from hessian_core import eigendecomposition
+
+    rng = np.random.default_rng(0)
+    for P in (1500, 3000):
+        A = rng.standard_normal((P, P))
+        A = (A + A.T) / 2
+        seconds, _ = timed(lambda: eigendecomposition(A, n_top=50, n_bottom=50, progress=False))
+        add(points, "eigendecomposition", f"P{P}", seconds, P ** 3, P=P)
+        seconds, _ = timed(lambda: np.linalg.eigvalsh(A))
+        add(points, "eigvalsh", f"P{P}", seconds, P ** 3, P=P)
+
+
+def lenet_units(points: dict) -> None:
+    from hessian_book.chapters import fiedler_lenet
+    from hessian_book.chapters.core_checks import train_briefly
+    from hessian_book.data import load_mnist
+    from hessian_book.models import lenet_tiny
+    from hessian_book.runs import hessian_subsample
+    from hessian_core import full_hessian, gauss_newton, hessian_operator, lanczos, parameter_labels, top_eigenvalue
+
+    images, labels = load_mnist("train", os.environ.get("MNIST_DATA_DIR") or None)
+    steps = 200
+    model = lenet_tiny(seed=0)
+    seconds, _ = timed(lambda: train_briefly(model, images, labels, steps=steps, seed=0, progress=False))
+    add(points, "lenet_sgd_step", "batch128", seconds / steps, 1)
+    def forward():
+        with torch.no_grad():
+            return model(images[:10000]).argmax(1)
+
+    seconds, _ = timed(forward)
+    add(points, "lenet_forward", "10k", seconds / 10000, 1, what="per image")
+    loss = nn.CrossEntropyLoss()
+    for n in (10, 50):
+        batch = hessian_subsample(images, labels, n, 1)
+        seconds, _ = timed(lambda: full_hessian(model, loss, batch, progress=False))
+        add(points, "lenet_hessian", f"n{n}", seconds, n)
+    batch = hessian_subsample(images, labels, 50, 1)
+    seconds, _ = timed(lambda: gauss_newton(model, loss, batch))
+    add(points, "lenet_gauss_newton", "n50", seconds, 50)
+    seconds, _ = timed(lambda: top_eigenvalue(hessian_operator(model, loss, batch), tol=1e-6, progress=False))
+    add(points, "lenet_top_eigenvalue", "n50", seconds, 1)
+    seconds, _ = timed(lambda: lanczos(hessian_operator(model, loss, batch), 20, which="both", tol=1e-10,
+                                       progress=False))
+    add(points, "lenet_lanczos_k20", "n50", seconds, 1)
+    config = fiedler_lenet.Config()
+    layers, _ = parameter_labels(model)
+    seconds, _ = timed(lambda: fiedler_lenet._lenet_tree(model, batch, layers, config.tree_options(),
+                                                         config.top_tree_options()))
+    add(points, "lenet_trees", "n50", seconds, 1, what="the |H| tree, the scaled tree and the Hessian")
+    seconds, _ = timed(lambda: fiedler_lenet._draw_tree(model, batch, config.top_tree_options()))
+    add(points, "lenet_draw_tree", "n50", seconds, 1, what="one subsample draw's top tree and its Hessian")
+
+
+def fiedler_transformer_units(points: dict) -> None:
+    from hessian_book.chapters import fiedler_lenet
+    from hessian_book.data import modular_addition_split
+    from hessian_book.models import ModAddTransformer, n_parameters
+    from hessian_core import fiedler_linkage, full_hessian
+
+    config = fiedler_lenet.Config()
+    options = {**config.tree_options(), "max_depth": config.grokking_max_depth}
+    split = modular_addition_split(113, 0.3, 0)
+    model = ModAddTransformer(113, 8, 1, 16, 0)
+    P = n_parameters(model)
+    H = full_hessian(model, nn.CrossEntropyLoss(), tuple(t[:200] for t in split["train"]), progress=False).numpy()
+    seconds, _ = timed(lambda: fiedler_linkage(H, progress=False, **options))
+    add(points, "transformer_tree", "p113_d8", seconds, P * P, P=P, max_depth=options["max_depth"])
+
+
+def mlp_units(points: dict, tmp: Path) -> None:
+    from hessian_book.data import modular_addition_split
+    from hessian_book.models import ModAddMLP, n_parameters
+    from hessian_book.sharpness import adam_preconditioner, hessian_extremes
+    from hessian_book.store import ResultStore
+    from hessian_book.training import checkpoint_name, full_batch_evaluator, train_full_batch_adamw
+
+    split = modular_addition_split(97, 0.3, 0, with_equals=False)
+    n_train = len(split["train"][1])
+    for depth in (1, 4):
+        model = ModAddMLP(97, depth, 128, "onehot", 0)
+        P = n_parameters(model)
+        steps = 300
+        runs = iter(range(10))
+        stores = []
+
+        def train(n_steps: int = steps):  # a fresh store each call, so that nothing is read back
+            stores.append(ResultStore(str(tmp), f"mlp_units_{depth}_{next(runs)}", dict(depth=depth)))
+            return train_full_batch_adamw(
+                model, *split["train"], store=stores[-1], n_steps=n_steps, checkpoint_steps=[n_steps], lr=3e-3,
+                weight_decay=3.0, log_steps=range(0, n_steps + 1, 100),
+                evaluate=full_batch_evaluator(split["train"], split["test"]))
+
+        first, _ = timed(lambda: train(20))  # the first call: compiling the step, warm-up
+        seconds, _ = timed(train)
+        add(points, "mlp_step", f"depth{depth}", seconds / steps, n_train * P, P=P)
+        _FACTORS.append(_FACTORS[-2])
+        add(points, "mlp_first_call", f"depth{depth}", max(first - 20 * seconds / steps, 0.0), n_train * P,
+            what="a training call's fixed cost beyond its steps (compiling the step)")
+        store = stores[-1]
+        state = store.load(checkpoint_name(steps))
+        seconds, out = timed(lambda: hessian_extremes(model, nn.CrossEntropyLoss(), split["train"], tol=1e-2,
+                                                      dtype=torch.float32,
+                                                      preconditioner=adam_preconditioner(state["optimiser"])))
+        add(points, "mlp_hessian_extremes", f"depth{depth}", seconds, n_train * P, P=P,
+            hvps=int(out.get("n_hvp", 0)))
+
+
+def add(points: dict, unit: str, label: str, seconds: float, work: float, **extra) -> None:
+    """Store a point measured by the last :func:`timed` call (its speed factor scales it to the reference)."""
+    factor = _FACTORS[-1]
+    reference = seconds / factor
+    points.setdefault(unit, []).append(dict(label=label, work=float(work), seconds=round(reference, 6),
+                                            measured_seconds=round(seconds, 6), speed_factor=round(factor, 3),
+                                            **extra))
+    print(f"  {unit:<24} {label:<10} {seconds:9.4f} s measured at factor {factor:4.2f} = {reference:9.4f} s at the "
+          f"reference speed (work {work:.4g})", flush=True)
+
+
+WORK = {
+    "transformer_step": "n_train * P (one full-batch AdamW step, logging every 100 steps included)",
+    "transformer_lanczos": "hessian_samples * P * lanczos_k (extreme_eigenvalues, tol 1e-6)",
+    "transformer_slq": "hessian_samples * P * probes * steps",
+    "transformer_progress": "p^2 * P (progress measures of one checkpoint)",
+    "transformer_hessian": "n * P^2 (hessian_core.full_hessian)",
+    "transformer_tree": "P^2 (fiedler_linkage at the grokking_max_depth, the Hessian given)",
+    "eigendecomposition": "P^3 (all eigenvalues, 50 vectors at each end)",
+    "eigvalsh": "P^3",
+    "lenet_sgd_step": "1 (batch 128)", "lenet_forward": "1 (per image)", "lenet_hessian": "images",
+    "lenet_gauss_newton": "images (proportional)", "lenet_top_eigenvalue": "1 (50 images, tol 1e-6)",
+    "lenet_lanczos_k20": "1 (20 at each end, tol 1e-10, 50 images)", "lenet_trees": "1 (50 images)",
+    "lenet_draw_tree": "1 (50 images)",
+    "mlp_step": "n_train * P (full-batch AdamW, logging every 100 steps)",
+    "transformer_first_call": "n_train * P (a training call's fixed cost: compiling its step where compiled)",
+    "mlp_first_call": "n_train * P (a training call's fixed cost: compiling its step where compiled)",
+    "mlp_hessian_extremes": "n_train * P (λ_max, λ_min and Adam's preconditioned λ_max, tol 1e-2, float32)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    before = print_calibration()
+    points: dict = {}
+    started = time.perf_counter()
+    with threadpool_limits(limits=1), tempfile.TemporaryDirectory() as tmp:
+        transformer_units(points, Path(tmp))
+        mlp_units(points, Path(tmp))
+        eigen_units(points)
+        lenet_units(points)
+        fiedler_transformer_units(points)
+    measured = time.perf_counter() - started
+    after = print_calibration()
+    out = dict(
+        about="Unit costs of book/cost.py, seconds at the reference speed (hessian_book.calibration): each "
+              "measured time divided by its own speed factor, the mean of short calibrations just before and "
+              "after it. Written by benchmarks/bench_cost_units.py; fit seconds = a + b * work through each "
+              "unit's points.",
+        calibration_before=before.as_dict(), calibration_after=after.as_dict(),
+        seconds=round(measured, 1), torch=torch.__version__, python=sys.version.split()[0], work=WORK,
+        units=points)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out} ({measured:.0f} s of measurements; speed factor {before.speed_factor:.2f} before, "
+          f"{after.speed_factor:.2f} after)")
+
+
+if __name__ == "__main__":
+    main()
