@@ -1,22 +1,33 @@
-"""Compare every glued value of a re-execution with the record's: the check a reader runs to trust the paper.
+"""Compare every glued value of a re-execution with the record's, by class, and say whether the conclusions hold.
 
 ``python book/build.py --verify NAME`` re-executes ``notebooks/NAME.md`` with the record's parameters and a fresh,
-empty ``results_dir`` (nothing is read back from earlier runs), then calls :func:`compare_glued` on
-``record/NAME.ipynb`` and the re-execution and prints :func:`format_table`.
+empty ``results_dir`` (nothing is read back from earlier runs) on the pinned numerical path
+(:mod:`hessian_book.numerics`), then calls :func:`compare_glued` on ``record/NAME.ipynb`` and the re-execution
+and prints :func:`format_table`.
 
-Tolerances (:data:`RULES`, first matching pattern wins; patterns are ``fnmatch`` patterns on the glued name):
+Every glued value has a class (:class:`hessian_book.glue.GlueClass`):
 
-- wall times are ignored: names with a token ``seconds``, ``minutes``, ``hours``, ``time``, ``timings`` or
-  ``duration`` (``seconds_train``, ``minutes_total``, ``page_seconds``), and ``goal_*`` / ``*_goal*`` (words
-  that compare a wall time with the project's goal, e.g. ``goal_text``);
-- ``scheduler_name`` is ignored (where the tasks ran, not what they computed);
-- everything else: booleans, integers and strings exactly; floats with relative tolerance ``1e-6`` and absolute
-  tolerance ``1e-12`` (``|a - b| <= atol + rtol * max(|a|, |b|)``; NaN agrees with NaN), element by element in
-  lists, tuples and dicts; figures and other non-text outputs by their kind (``<png>``).
-- ``*_error`` (a computed error against a reference, at rounding level, e.g. ``row_error`` ~ 1e-16): absolute
-  tolerance ``1e-9``, since rounding differs between machines and BLAS builds while the claim is that it is tiny.
+- **exact** (set by the parameters: counts, sizes, steps, quoted constants): equal, on any machine;
+- **numerical** (computed): where the rerun's numerical path is the record's (:func:`hessian_book.numerics.
+  path_differences` finds nothing), equal bitwise, or within the class's ``rtol``/``atol`` (rounding); on another
+  path the value is shown beside the record's but not judged, unless the chapter measured its uncertainty:
+- **statistical** (computed, with an uncertainty the chapter itself measures: the spread over image draws, runs,
+  seeds): on the same path compared as numerical; on another path it agrees when the rerun's value lies in the
+  record's interval (and the record's in the rerun's), or within the stated half-width; the uncertainty is
+  printed beside the value;
+- **conclusion** (verdict words, in-range statements, "this error is at rounding level"): must agree on any path;
+- **ignored**: wall times (names with a token ``seconds``, ``minutes``, ``hours``, ``time``, ``timings``,
+  ``duration``; ``goal_*``, ``*_goal*``), ``scheduler_name``, ``n_workers`` (where the tasks ran).
 
-Per-key overrides are added to :data:`RULES` (or passed as ``rules=``) as ``(pattern, Rule(...))``.
+A chapter module declares its classes in ``GLUE_CLASSES = {fnmatch pattern: GlueClass}`` (first match wins).
+Undeclared names get :func:`default_class`: words and booleans are conclusions, integers exact, ``*_error``
+conclusions at ``atol`` 1e-9 (rounding differs between BLAS builds; the claim is that it is tiny), other numbers
+numerical (``rtol`` 1e-6), statistical where the chapter glues an interval for them (``X_lo``/``X_hi``,
+``X_low``/``X_high`` or ``X_min``/``X_max`` beside ``X``, ``X_median``, ``X_mean`` or ``X_est``; the interval's
+ends themselves stay numerical); figures (``<png>``) exact by kind.
+
+The exit status (:func:`reproduced`) depends on the conclusions and the exact values, and on the numerical values
+only where the paths match: a statistical disagreement, or a numerical one across paths, is reported, not failed.
 """
 
 from __future__ import annotations
@@ -26,43 +37,81 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Any
 
+from hessian_book.glue import GlueClass, conclusion, exact, ignored, numerical, statistical
 from record import is_time_like
 
-
-@dataclass(frozen=True)
-class Rule:
-    """How a glued value is compared: ``ignore`` it, or compare with ``rtol``/``atol`` (floats; ints, strings and
-    booleans are always compared exactly)."""
-
-    rtol: float = 1e-6
-    atol: float = 1e-12
-    ignore: bool = False
-    why: str = ""
-
-
-DEFAULT = Rule(why="default")
-TIME = Rule(ignore=True, why="wall time")
-RULES: list[tuple[str, Rule]] = [
-    ("goal_*", Rule(ignore=True, why="wall time against a goal")),
-    ("*_goal*", Rule(ignore=True, why="wall time against a goal")),
-    ("scheduler_name", Rule(ignore=True, why="where the tasks ran")),
-    ("*_error", Rule(rtol=0.0, atol=1e-9, why="rounding-level error")),
+WALL_TIME = ignored("wall time")
+IGNORED_NAMES: list[tuple[str, GlueClass]] = [
+    ("goal_*", ignored("wall time against a goal")),
+    ("*_goal*", ignored("wall time against a goal")),
+    ("scheduler_name", ignored("where the tasks ran")),
+    ("n_workers", ignored("where the tasks ran")),
 ]
+DEFAULT_RTOL = 1e-6
+ERROR_CLASS = conclusion(atol=1e-9, why="rounding-level error")
+_RANGE_SUFFIXES = (("lo", "hi"), ("low", "high"), ("min", "max"))
+_CENTRE_SUFFIXES = ("median", "mean", "est")
 
 
-def rule_for(name: str, rules: list[tuple[str, Rule]] | None = None) -> Rule:
+def chapter_classes(name: str) -> dict[str, GlueClass]:
+    """The ``GLUE_CLASSES`` a chapter module declares (``{}`` when it declares none)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"hessian_book.chapters.{name}")
+    except ImportError:
+        return {}
+    return dict(getattr(module, "GLUE_CLASSES", {}))
+
+
+def _interval(name: str, names: set[str]) -> tuple[str, str] | None:
+    """The glued interval ``(low name, high name)`` the chapter gives for ``name``, if any."""
+    stem, _, last = name.rpartition("_")
+    stems = [name]
+    if stem and last in _CENTRE_SUFFIXES:
+        stems.append(stem)
+    for lo, hi in _RANGE_SUFFIXES:
+        if stem and last in (lo, hi) and f"{stem}_{lo}" in names and f"{stem}_{hi}" in names:
+            return None  # an end of an interval: an estimated quantile, with no spread of its own
+        for s in stems:
+            if f"{s}_{lo}" in names and f"{s}_{hi}" in names:
+                return f"{s}_{lo}", f"{s}_{hi}"
+    return None
+
+
+def default_class(name: str, value: Any, names: set[str] = frozenset()) -> GlueClass:
+    """The class of an undeclared glued value (``names``: every glued name of the record, to find intervals)."""
+    if isinstance(value, bool) or isinstance(value, str) and not (value.startswith("<") and value.endswith(">")):
+        return conclusion(why="words")
+    if isinstance(value, str):
+        return exact(why="an output's kind")
+    if name.endswith("_error"):
+        return ERROR_CLASS
+    if isinstance(value, int):
+        return exact(why="an integer")
+    interval = _interval(name, set(names))
+    if interval and isinstance(value, (int, float)):
+        return statistical(low=interval[0], high=interval[1], why="an interval the chapter glues")
+    return numerical(rtol=DEFAULT_RTOL, why="a number")
+
+
+def class_for(name: str, value: Any, declared: dict[str, GlueClass] | None = None,
+              names: set[str] = frozenset()) -> GlueClass:
+    """Wall times and where-it-ran names are ignored; then the chapter's declaration; then :func:`default_class`."""
     if is_time_like(name):
-        return TIME
-    for pattern, rule in (RULES if rules is None else rules):
+        return WALL_TIME
+    for pattern, cls in IGNORED_NAMES:
         if fnmatch(name, pattern):
-            return rule
-    return DEFAULT
+            return cls
+    for pattern, cls in (declared or {}).items():
+        if fnmatch(name, pattern):
+            return cls
+    return default_class(name, value, names)
 
 
-def agrees(a: Any, b: Any, rule: Rule = DEFAULT) -> bool:
-    """Whether two glued values agree under ``rule``."""
-    if rule.ignore:
-        return True
+def agrees(a: Any, b: Any, *, rtol: float = 0.0, atol: float = 0.0) -> bool:
+    """Equal (booleans and integers exactly, a boolean never equal to an integer), or numbers within
+    ``|a - b| <= atol + rtol * max(|a|, |b|)`` (NaN agrees with NaN), element by element in lists and dicts."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, int) and isinstance(b, int):
@@ -73,12 +122,16 @@ def agrees(a: Any, b: Any, rule: Rule = DEFAULT) -> bool:
             return math.isnan(a) and math.isnan(b)
         if math.isinf(a) or math.isinf(b):
             return a == b
-        return abs(a - b) <= rule.atol + rule.rtol * max(abs(a), abs(b))
+        return abs(a - b) <= atol + rtol * max(abs(a), abs(b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(agrees(x, y, rule) for x, y in zip(a, b))
+        return len(a) == len(b) and all(agrees(x, y, rtol=rtol, atol=atol) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(agrees(a[k], b[k], rule) for k in a)
+        return a.keys() == b.keys() and all(agrees(a[k], b[k], rtol=rtol, atol=atol) for k in a)
     return a == b
+
+
+def _bitwise(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
 
 
 @dataclass(frozen=True)
@@ -86,56 +139,163 @@ class Row:
     name: str
     record: Any
     rerun: Any
-    verdict: str  # "agrees", "DIFFERS", "ignored (<why>)", "MISSING in rerun", "MISSING in record"
+    kind: str      # the class applied: exact, numerical, statistical, conclusion, ignored
+    verdict: str   # "agrees", "agrees (bitwise)", "agrees (to rounding)", "within <uncertainty>", "DIFFERS", ...
+    counts: bool   # whether a disagreement fails the verification
+    note: str = ""  # the uncertainty a statistical value was judged against, or why it was not judged
+
+    @property
+    def agrees(self) -> bool:
+        return not (self.verdict.startswith(("DIFFERS", "MISSING", "outside")) or self.verdict == "differs")
 
     @property
     def ok(self) -> bool:
-        return not (self.verdict.startswith("DIFFERS") or self.verdict.startswith("MISSING"))
+        """Not a failure of the verification (a statistical or cross-path numerical difference is reported only)."""
+        return self.agrees or not self.counts
 
 
 MISSING = object()
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _statistical(name: str, a: Any, b: Any, cls: GlueClass, record: dict, rerun: dict) -> tuple[str, str]:
+    """(verdict, note) of a value judged against the uncertainty the chapter measured."""
+    x, y = _number(a), _number(b)
+    if x is None or y is None or math.isnan(x) or math.isnan(y):
+        return ("agrees" if agrees(a, b) else "differs", "not a number: compared as is")
+    if cls.low is not None:
+        lo, hi = _number(record.get(cls.low)), _number(record.get(cls.high))
+        if lo is None or hi is None:
+            return "differs", f"the record has no interval {cls.low}..{cls.high}"
+        inside = lo <= y <= hi
+        lo2, hi2 = _number(rerun.get(cls.low)), _number(rerun.get(cls.high))
+        back = lo2 is None or hi2 is None or lo2 <= x <= hi2
+        note = f"record's range {lo:.4g}..{hi:.4g}" + (f", rerun's {lo2:.4g}..{hi2:.4g}" if lo2 is not None
+                                                        and hi2 is not None else "")
+        note += f" ({cls.why})" if cls.why else ""
+        return ("within range" if inside and back else "outside range"), note
+    width = float(cls.halfwidth(record))
+    note = f"±{width:.3g}" + (f" ({cls.why})" if cls.why else "")
+    return ("within ±" if abs(x - y) <= width else "outside ±"), note
+
+
 def compare_glued(record: dict[str, Any], rerun: dict[str, Any], *,
-                  rules: list[tuple[str, Rule]] | None = None) -> list[Row]:
-    """One :class:`Row` per glued name of either side, in the record's order (then the rerun's new names)."""
+                  classes: dict[str, GlueClass] | None = None, same_path: bool = True) -> list[Row]:
+    """One :class:`Row` per glued name of either side, in the record's order (then the rerun's new names).
+
+    ``classes``: the chapter's declared ``GLUE_CLASSES``; ``same_path``: whether the rerun ran on the record's
+    numerical path (then numerical and statistical values are compared bitwise or to rounding)."""
     rows = []
+    names = set(record) | set(rerun)
     for name in [*record, *[n for n in rerun if n not in record]]:
         a, b = record.get(name, MISSING), rerun.get(name, MISSING)
-        rule = rule_for(name, rules)
-        if rule.ignore:
-            verdict = f"ignored ({rule.why})"
+        cls = class_for(name, a if a is not MISSING else b, classes, names)
+        kind = cls.kind
+        if kind in ("numerical", "statistical"):
+            kind = "numerical" if same_path else "statistical"
+        counts = kind in ("exact", "conclusion", "numerical") or (kind != "ignored" and MISSING in (a, b))
+        note = ""
+        if kind == "ignored":
+            verdict = f"ignored ({cls.why})"
         elif a is MISSING:
             verdict = "MISSING in record"
         elif b is MISSING:
             verdict = "MISSING in rerun"
-        else:
-            verdict = "agrees" if agrees(a, b, rule) else "DIFFERS"
-        rows.append(Row(name, None if a is MISSING else a, None if b is MISSING else b, verdict))
+        elif kind == "numerical":
+            tolerance = dict(rtol=cls.rtol, atol=cls.atol)
+            verdict = ("agrees (bitwise)" if _bitwise(a, b) else "agrees (to rounding)"
+                       if agrees(a, b, **tolerance) else "DIFFERS")
+            if verdict == "agrees (to rounding)":
+                note = f"rtol {cls.rtol:g}, atol {cls.atol:g}"
+        elif kind == "statistical":
+            if cls.kind == "statistical":
+                verdict, note = _statistical(name, a, b, cls, record, rerun)
+            else:  # numerical across paths: the chapter measured no uncertainty for it
+                verdict = "agrees (bitwise)" if _bitwise(a, b) else "not judged"
+                x, y = _number(a), _number(b)
+                if verdict == "not judged":
+                    note = "no measured uncertainty" + (
+                        f"; relative difference {abs(x - y) / max(abs(x), abs(y)):.2g}"
+                        if x is not None and y is not None and max(abs(x), abs(y)) > 0 else "")
+        else:  # exact, conclusion
+            verdict = "agrees" if agrees(a, b, rtol=cls.rtol, atol=cls.atol) else "DIFFERS"
+        rows.append(Row(name, None if a is MISSING else a, None if b is MISSING else b, kind, verdict, counts,
+                        note))
     return rows
 
 
-def _show(value: Any, width: int = 28) -> str:
+def _show(value: Any, width: int = 24) -> str:
     text = f"{value:.10g}" if isinstance(value, float) else repr(value) if not isinstance(value, str) else value
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_table(rows: list[Row], *, only_problems: bool = False) -> str:
-    """A plain-text table (key, record, rerun, agrees?) and a one-line summary."""
-    shown = [r for r in rows if not r.ok] if only_problems else rows
+def format_table(rows: list[Row], *, only_problems: bool = False, path_note: str = "") -> str:
+    """A plain-text table (key, class, record, rerun, verdict, uncertainty) and the summary."""
+    shown = [r for r in rows if not r.agrees] if only_problems else rows
     width = max([len(r.name) for r in shown] + [3])
-    lines = [f"{'key':<{width}}  {'record':<28}  {'rerun':<28}  agrees?", "-" * (width + 70)]
+    lines = [f"{'key':<{width}}  {'class':<11}  {'record':<24}  {'rerun':<24}  verdict",
+             "-" * (width + 100)]
     for r in shown:
-        lines.append(f"{r.name:<{width}}  {_show(r.record):<28}  {_show(r.rerun):<28}  {r.verdict}")
-    lines.append(summary(rows))
+        note = f"  [{r.note}]" if r.note else ""
+        lines.append(f"{r.name:<{width}}  {r.kind:<11}  {_show(r.record):<24}  {_show(r.rerun):<24}  "
+                     f"{r.verdict}{note}")
+    lines.append("")
+    lines.append(summary(rows, path_note=path_note))
     return "\n".join(lines)
 
 
-def summary(rows: list[Row]) -> str:
-    agree = sum(r.verdict == "agrees" for r in rows)
-    ignored = sum(r.verdict.startswith("ignored") for r in rows)
-    bad = [r for r in rows if not r.ok]
-    verdict = "the rerun reproduces the record" if not bad else "the rerun does NOT reproduce the record"
-    return (f"{len(rows)} glued values: {agree} agree, {ignored} ignored (wall times etc.), "
-            f"{len(bad)} differ or are missing: {verdict}")
+def reproduced(rows: list[Row]) -> bool:
+    """Whether the verification passes: every conclusion and exact value (and, on the record's path, every
+    numerical value) agrees and none is missing."""
+    return all(r.ok for r in rows)
+
+
+def summary(rows: list[Row], *, path_note: str = "") -> str:
+    """Counts per class, which conclusions reproduced and which did not, and the verdict."""
+    lines = []
+    if path_note:
+        lines.append(path_note)
+    parts = []
+    for kind in ("exact", "numerical", "statistical", "conclusion"):
+        of_kind = [r for r in rows if r.kind == kind]
+        if not of_kind:
+            continue
+        agree = sum(r.agrees and r.verdict != "not judged" for r in of_kind)
+        text = f"{kind} {agree}/{len(of_kind)} agree"
+        if kind == "numerical":
+            text += f" ({sum(r.verdict == 'agrees (bitwise)' for r in of_kind)} bitwise)"
+        if kind == "statistical":
+            judged = [r for r in of_kind if r.verdict.startswith(("within", "outside"))]
+            rest = [r for r in of_kind if r not in judged]
+            equal = sum(r.verdict == "agrees (bitwise)" for r in rest)
+            text = (f"statistical {sum(r.agrees for r in judged)}/{len(judged)} within the chapter's measured "
+                    "uncertainty" + (f", {len(rest)} without a measured uncertainty ({equal} bitwise equal, "
+                                     f"{len(rest) - equal} differ: shown, not judged)" if rest else ""))
+        parts.append(text)
+    ignored_n = sum(r.kind == "ignored" for r in rows)
+    lines.append(f"{len(rows)} glued values: " + "; ".join(parts) + f"; {ignored_n} ignored (wall times etc.)")
+    conclusions = [r for r in rows if r.kind == "conclusion"]
+    held = [r.name for r in conclusions if r.agrees]
+    failed = [r.name for r in conclusions if not r.agrees]
+    if conclusions:
+        lines.append(f"conclusions reproduced ({len(held)}): {', '.join(held) or 'none'}")
+        lines.append(f"conclusions NOT reproduced ({len(failed)}): {', '.join(failed) or 'none'}")
+    outside = [r.name for r in rows if r.kind == "statistical" and not r.agrees and r.verdict != "not judged"]
+    if outside:
+        lines.append(f"statistical values outside the measured uncertainty (reported, not failed): "
+                     f"{', '.join(outside)}")
+    bad = [r.name for r in rows if not r.ok]
+    if not bad:
+        lines.append("the rerun reproduces the record: every conclusion and exact value agrees"
+                     + ("" if not any(r.kind == "numerical" for r in rows) else
+                        ", and every numerical value on the same numerical path"))
+    else:
+        lines.append(f"the rerun does NOT reproduce the record: {len(bad)} value(s) that must agree do not: "
+                     + ", ".join(bad))
+    return "\n".join(lines)
