@@ -57,6 +57,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hessian_core import spectrum as spectrum_module  # noqa: E402
 from hessian_core.spectrum import eigendecomposition  # noqa: E402
+from hessian_book.calibration import print_calibration  # noqa: E402
 
 if ARGS.threads is not None:
     torch.set_num_threads(ARGS.threads)
@@ -160,6 +161,7 @@ def timed(function: Callable[[np.ndarray], Result], matrix: np.ndarray) -> tuple
 
 
 def main() -> None:
+    print_calibration()  # the machine's speed now, beside every figure below (hessian_book.calibration)
     size, k = ARGS.n, ARGS.k
     env = environment_report()
     print(f"P = {size}, k = {k} vectors at each end, repeats <= {ARGS.repeats}")

@@ -25,6 +25,7 @@ from hessian_book.runs import hessian_subsample
 from hessian_core.fiedler import fiedler_linkage
 from hessian_book.models import lenet_tiny
 from hessian_core.operators import full_hessian
+from hessian_book.calibration import print_calibration
 from hessian_core.partitions import adjusted_rand_index, top_clusters
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
+    print_calibration()  # the machine's speed now, beside every figure below (hessian_book.calibration)
 
     model = lenet_tiny(seed=42)
     where = "seeded initialisation"

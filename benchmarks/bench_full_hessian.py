@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from hessian_book.data import load_mnist
 from hessian_book.models import lenet_tiny
+from hessian_book.calibration import print_calibration
 from hessian_core.operators import full_hessian
 
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--with-rows", action="store_true",
                         help="also time our generic rows path (slow: one double backward per parameter)")
     args = parser.parse_args()
+    print_calibration()  # the machine's speed now, beside every figure below (hessian_book.calibration)
 
     print(f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}")
     images, labels = load_mnist("train", args.data_dir)

@@ -31,6 +31,7 @@ import scipy
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
+from hessian_book.calibration import print_calibration
 from hessian_core.lanczos import lanczos_solve
 
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--n-hessian", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print_calibration()  # the machine's speed now, beside every figure below (hessian_book.calibration)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} cores available "

@@ -2,26 +2,41 @@
 
     python book/build.py                      # the book from record/; executes a chapter only where its record
                                               # is missing or stale (code cells or parameters cell changed)
-    python book/build.py --plan               # say what would execute and roughly how long, then stop
+    python book/build.py --plan               # one line per chapter: state, estimated time (cost model, at the
+                                              # reference speed) against its budget, library commits since its
+                                              # record; then stop (--calibrate: also at this machine's speed now;
+                                              # --verbose: list the commits)
     python book/build.py --rerun NAME|all     # re-execute these chapters at their defaults into record/, then build
     python book/build.py --record NAME|all    # execute at the defaults into record/ only (no book)
     python book/build.py --verify NAME        # re-execute NAME into a fresh results folder and compare every glued
-                                              # value with record/NAME.ipynb (exit 1 on disagreement)
+                                              # value with record/NAME.ipynb by class (exact, numerical,
+                                              # statistical, conclusion; book/verify.py): exit 1 when a
+                                              # conclusion or exact value (or, on the record's numerical
+                                              # path, a numerical one) disagrees
     python book/build.py --preset smoke       # every notebook with preset="smoke" (fast) into notebooks/_executed/,
-                                              # then the smoke book (pages carry a smoke banner)
+                                              # each once, in dependency order, sharing one temporary results
+                                              # folder; then the smoke book (pages carry a smoke banner)
     python book/build.py --only core_checks   # with --preset: execute one notebook (others executed before);
                                               # without: the same as --rerun core_checks
-    python book/build.py --golden             # write tests/golden/<name>.ipynb at preset="smoke" for nbval
-    python book/build.py --from-golden        # the smoke book from tests/golden/ (no execution; what CI does
-                                              # after the tests have re-executed those copies with nbval)
+    python book/build.py --golden             # write tests/golden/<name>.ipynb: the smoke executions (as
+                                              # --preset smoke) that the tests compare every glued value with
+    python book/build.py --from-executed      # the smoke book from the test session's smoke executions in
+                                              # notebooks/_executed/ (no execution; what CI does after the tests)
+    python book/build.py --from-golden        # the smoke book from tests/golden/ (no execution)
     python book/build.py --no-book            # execute only
 
 Notebooks are Jupytext MyST markdown files in ``notebooks/``. papermill cannot read them, so each is converted
 with jupytext and executed with papermill (its ``parameters`` cell overridden). A record execution writes
-``record/<name>.ipynb`` with lean outputs and its provenance in the metadata (``book/record.py``). Every build
+``record/<name>.ipynb`` with lean outputs and its provenance in the metadata (``book/record.py``), including the
+machine's calibration taken just before (``hessian_book.calibration``; ``--verify`` calibrates too). Every build
 then writes the pages the book shows into ``notebooks/_executed/`` (lean outputs, a provenance note or a smoke
 banner at the top), generates the Reproducibility page, and renders them with Jupyter Book 1.x as they are
 (``execute_notebooks: off``): building the book never reruns an experiment behind your back.
+
+Every execution runs on the pinned numerical path (``hessian_book.numerics``: ATen AVX2 kernels, MKL's
+AVX2 branch (``HESSIAN_NUMERICS=portable``: COMPATIBLE), oneDNN AVX2, OpenBLAS Haswell, fixed thread counts), set in this process's environment before
+torch is imported and inherited by the kernels and their worker processes; ``HESSIAN_UNPINNED=1`` runs the CPU's
+own path instead, and the provenance records which.
 """
 
 from __future__ import annotations
@@ -43,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # book/ modules, also 
 import record as rec  # noqa: E402
 from glued import glued_values  # noqa: E402
 
+from hessian_book.calibration import Calibration, calibrate  # noqa: E402
+
 ROOT = rec.ROOT
 NOTEBOOKS = rec.NOTEBOOKS
 EXECUTED = NOTEBOOKS / "_executed"
@@ -56,9 +73,15 @@ BOOK_NOTEBOOKS = rec.book_chapters()
 
 
 def execute(name: str, out_path: Path, parameters: dict) -> float:
-    """Convert ``notebooks/<name>.md`` and execute it into ``out_path``; returns the wall time in seconds."""
+    """Convert ``notebooks/<name>.md`` and execute it into ``out_path``; returns the wall time in seconds.
+
+    The kernel inherits this process's environment, pinned here (:mod:`hessian_book.numerics`) unless
+    ``HESSIAN_UNPINNED=1``: the notebook imports torch in its first cell, too late to choose a path itself."""
     import jupytext
     import papermill
+    from hessian_book.numerics import pin_environment
+
+    pin_environment()
 
     source = NOTEBOOKS / f"{name}.md"
     notebook = jupytext.read(source)
@@ -87,13 +110,21 @@ def _results_dir(name: str, parameters: dict) -> Path | None:
     return (NOTEBOOKS / value).resolve() if value else None
 
 
+def calibrated() -> Calibration:
+    """The machine's calibration now (~10 s), printed: taken before every record execution and ``--verify``."""
+    result = calibrate()
+    print(f"  {result.summary()}", flush=True)
+    return result
+
+
 def record_chapter(name: str, *, record_dir: Path | None = None, parameters: dict | None = None) -> float:
     """Execute ``name`` at its defaults (plus ``parameters``) into ``record_dir/<name>.ipynb`` (default
-    ``record/``) with lean outputs and provenance; fails loudly when the record is no longer lean. Returns the
-    wall time."""
+    ``record/``) with lean outputs and provenance (with a calibration taken just before); fails loudly when the
+    record is no longer lean. Returns the wall time."""
     record_dir = record_dir or RECORD
     parameters = dict(parameters or {})
-    run = rec.Run.start(name, parameters, _results_dir(name, parameters))
+    calibration = calibrated()
+    run = rec.Run.start(name, parameters, _results_dir(name, parameters), calibration=calibration.as_dict())
     with tempfile.TemporaryDirectory() as tmp:
         executed = Path(tmp) / f"{name}.ipynb"
         seconds = execute(name, executed, parameters)
@@ -114,46 +145,74 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan(names: list[str], forced: set[str], *, record_dir: Path | None = None
+def estimates(names: list[str]) -> dict[str, "cost.Estimate | str"]:
+    """Each chapter's cost-model estimate at its defaults (``book/cost.py``), or why there is none."""
+    import cost
+
+    out: dict[str, cost.Estimate | str] = {}
+    try:
+        units = cost.load_units()
+    except (OSError, ValueError, KeyError) as error:
+        why = f"no {cost.UNITS_FILE.name}: run benchmarks/bench_cost_units.py" if isinstance(error, OSError) else \
+            f"unreadable {cost.UNITS_FILE.name}: {error}"
+        return {n: why for n in names}
+    for name in names:
+        try:
+            out[name] = cost.estimate(name, units=units)
+        except Exception as error:  # noqa: BLE001 - a plan must print even when one chapter's model fails
+            out[name] = f"{error.__class__.__name__}: {error}"
+    return out
+
+
+def plan(names: list[str], forced: set[str], *, record_dir: Path | None = None, verbose: bool = False,
+         calibration: Calibration | None = None, estimated: dict | None = None
          ) -> tuple[list[str], list[rec.Status]]:
-    """Print what the build will execute (in execution order) and roughly how long; return (to execute,
-    statuses)."""
+    """Print one line per chapter (state, estimate at the reference speed and, with ``calibration``, at the speed
+    measured now, against its budget; library commits since its record, listed with ``verbose``) and what the
+    build will execute, in execution order; return (to execute, statuses)."""
     record_dir = record_dir or RECORD
     statuses = [rec.staleness(n, record_dir=record_dir) for n in names]
     todo = rec.execution_order([s.name for s in statuses if s.needs_execution or s.name in forced],
                                book=BOOK_NOTEBOOKS)
-    print(f"record/: {len(names)} chapters", flush=True)
+    estimated = estimates(names) if estimated is None else estimated
+    factor = calibration.speed_factor if calibration is not None else None
+    print(f"record/: {len(names)} chapters; estimates from the cost model (book/cost.py) at the reference speed"
+          + (f"; measured now: {calibration.summary()}" if calibration is not None else
+             " (--calibrate: also at this machine's speed now)"), flush=True)
     for s in statuses:
         state = s.state if s.state == "fresh" else f"{s.state} ({'; '.join(s.reasons)})"
         if s.name in forced:
             state += ", forced"
-        print(f"  {s.name:<20} {state}; the record took {_clock(s.wall_seconds)}", flush=True)
-        if s.library_commits:
-            print(f"    library changed since its record ({s.commit and s.commit[:10]}): reported, not re-executed",
-                  flush=True)
-            for line in s.library_commits[:15]:
+        e = estimated.get(s.name)
+        guess = e.text(factor) if hasattr(e, "text") else f"est. unknown ({e})"
+        took = f"record {_clock(s.wall_seconds)}" if s.wall_seconds is not None else "no record"
+        commits = (f"; {len(s.library_commits)} library commit(s) since its record ({s.commit and s.commit[:10]})"
+                   if s.library_commits else "")
+        print(f"  {s.name:<20} {state}; {guess}; {took}{commits}", flush=True)
+        if verbose:
+            for line in s.library_commits:
                 print(f"      {line}", flush=True)
-            if len(s.library_commits) > 15:
-                print(f"      ... {len(s.library_commits) - 15} more", flush=True)
     if todo:
-        known = [s.wall_seconds for s in statuses if s.name in todo and s.wall_seconds]
+        known = [estimated[n].seconds for n in todo if hasattr(estimated.get(n), "seconds")]
         unknown = len(todo) - len(known)
-        estimate = _clock(sum(known)) if known else "unknown"
-        print(f"will execute {len(todo)} chapter(s), in this order: {', '.join(todo)}; estimated {estimate}"
-              + (f" plus {unknown} chapter(s) of unknown time" if unknown and known else "")
-              + " (from the records' wall times)", flush=True)
+        total = sum(known)
+        now = f" ({_clock(total * factor)} at the measured speed)" if factor and known else ""
+        print(f"will execute {len(todo)} chapter(s), in this order: {', '.join(todo)}; estimated "
+              + (f"{_clock(total)} at the reference speed{now}" if known else "unknown")
+              + (f" plus {unknown} chapter(s) of unknown time" if unknown and known else ""), flush=True)
     else:
         print("nothing to execute: every record is fresh", flush=True)
     return todo, statuses
 
 
 def run_with_progress(todo: list[str], estimates: dict[str, float | None], action) -> None:
-    """Call ``action(name)`` for each chapter, printing progress and the remaining estimate between them."""
+    """Call ``action(name)`` for each chapter, printing progress and the remaining estimate (seconds, at the
+    speed the caller expects) between them."""
     start = time.perf_counter()
     for i, name in enumerate(todo, 1):
         remaining = [estimates.get(n) for n in todo[i - 1:]]
         left = sum(x for x in remaining if x)
-        print(f"[{i}/{len(todo)}] {name}: executing (its record took {_clock(estimates.get(name))}; "
+        print(f"[{i}/{len(todo)}] {name}: executing (estimated {_clock(estimates.get(name))}; "
               f"about {_clock(left) if left else 'unknown'} left in all; started {time.strftime('%H:%M:%S')})",
               flush=True)
         seconds = action(name)
@@ -227,7 +286,8 @@ def build_book(*, smoke: bool) -> None:
 def verify(name: str, *, against: Path | None = None, scratch: Path | None = None) -> int:
     """Re-execute ``name`` with the reference's parameters and a fresh results folder; compare every glued value
     with the reference (default ``record/<name>.ipynb``). Returns the exit status (0: reproduced)."""
-    from verify import compare_glued, format_table
+    from hessian_book.numerics import describe_path, path_differences
+    from verify import chapter_classes, compare_glued, format_table, reproduced
 
     reference = Path(against) if against else RECORD / f"{name}.ipynb"
     if not reference.is_file():
@@ -240,6 +300,7 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
         if status.state == "stale":
             print(f"warning: the record is stale ({'; '.join(status.reasons)}): the rerun executes the current "
                   "source", flush=True)
+    calibration = calibrated()
     scratch = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix=f"verify-{name}-"))
     results = scratch / "results"
     if results.exists() and any(results.iterdir()):
@@ -249,11 +310,157 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
     print(f"verify {name}: re-executing with {parameters} (the reference took "
           f"{_clock(meta.get('wall_seconds') or ref.metadata.get('papermill', {}).get('duration'))})", flush=True)
     out = scratch / f"{name}.ipynb"
-    seconds = execute(name, out, parameters)
-    rows = compare_glued(glued_values(reference), glued_values(out))
-    print(f"re-executed in {_clock(seconds)} into {out}\n")
-    print(format_table(rows))
-    return 0 if all(r.ok for r in rows) else 1
+    seconds = execute(name, out, parameters)  # pins this process's environment, which the kernel inherits
+    # The rerun's path: this process's, whose environment and machine the kernel shares.
+    record_path, rerun_path = meta.get("numerical_path"), rec.current_numerical_path()
+    differences = path_differences(record_path, rerun_path)
+    path_note = (f"record: {describe_path(record_path)}\nrerun:  {describe_path(rerun_path)}\n"
+                 + ("same numerical path: numerical values compared bitwise (or to rounding)" if not differences
+                    else "numerical paths differ (" + "; ".join(differences) + "): computed values judged "
+                    "against the uncertainty the chapter measures (statistical), or shown, not judged"))
+    rows = compare_glued(glued_values(reference), glued_values(out), classes=chapter_classes(name),
+                         same_path=not differences)
+    print(f"re-executed in {_clock(seconds)} ({_clock(calibration.to_reference(seconds))} at the reference speed) "
+          f"into {out}\n")
+    print(format_table(rows, path_note=path_note))
+    return 0 if reproduced(rows) else 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Smoke executions: every chapter at preset="smoke", each executed once, in dependency order, into ONE results
+# folder (so the Fiedler and mechanistic chapters read the MNIST, grokking and depth smoke runs instead of training
+# them again); compared with the committed golden copies; the smoke book built from them.
+
+CHECKED_TAG = "nbval-check-output"  # cells whose outputs are compared as nbval compares them
+# nbval's output keys that are never compared (its defaults without --nbdime, as under --nbval-lax)
+NBVAL_SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+              "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg")
+
+
+# hessian_book.training.STEP_BACKEND_ENV (named here without importing torch before the path is pinned)
+STEP_BACKEND_ENV = "HESSIAN_STEP_BACKEND"
+SMOKE_STEP_BACKEND = "eager"  # as tests/conftest.py sets it for the test session
+
+
+def execute_smoke(name: str, out_path: Path, results_dir: Path) -> float:
+    """Execute ``name`` at ``preset="smoke"`` into ``out_path`` with ``results_dir`` as its results folder; returns
+    the wall time. Callers share one ``results_dir`` over the chapters, executed in :func:`record.execution_order`.
+
+    Training steps run with the step backend of ``HESSIAN_STEP_BACKEND``, ``"eager"`` unless set (as in the test
+    session): compiled and eager steps round differently, so the golden copies and the test session's executions
+    must use the same one to take the same numerical course. The notebook's ``hessian_record`` metadata says what
+    ran: ``name``, the injected parameters, the numerical path of this process (which the kernel inherits;
+    :mod:`hessian_book.numerics`), the step backend, the wall time: what :func:`compare_smoke` and
+    ``--verify NAME --against`` read."""
+    os.environ.setdefault(STEP_BACKEND_ENV, SMOKE_STEP_BACKEND)
+    parameters = {"preset": "smoke", "results_dir": str(Path(results_dir).resolve())}
+    seconds = execute(name, out_path, parameters)
+    notebook = nbformat.read(out_path, as_version=4)
+    notebook.metadata["hessian_record"] = {"name": name, "parameters": {"injected": parameters},
+                                           "numerical_path": rec.current_numerical_path(),
+                                           "step_backend": os.environ[STEP_BACKEND_ENV], "wall_seconds": seconds}
+    rec.write_notebook(notebook, out_path)
+    return seconds
+
+
+def execute_smoke_all(names: list[str], out_dir: Path, results_dir: Path | None = None) -> dict[str, float]:
+    """:func:`execute_smoke` of each of ``names`` (in dependency order) into ``out_dir/<name>.ipynb``, sharing
+    ``results_dir`` (default: a new temporary folder); returns the wall times."""
+    results_dir = Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="smoke-results-"))
+    print(f"smoke executions share the results folder {results_dir}", flush=True)
+    seconds: dict[str, float] = {}
+
+    def action(name):
+        seconds[name] = execute_smoke(name, Path(out_dir) / f"{name}.ipynb", results_dir)
+        return seconds[name]
+
+    run_with_progress(rec.execution_order(names, book=BOOK_NOTEBOOKS), {}, action)
+    return seconds
+
+
+def _code_sources(notebook) -> list[str]:
+    return [c.source.strip() for c in notebook.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def _nbval_outputs(outputs) -> dict[str, list]:
+    """A cell's outputs as nbval compares them: streams coalesced, keys flattened, :data:`NBVAL_SKIP` dropped."""
+    import copy
+
+    from nbval.plugin import coalesce_streams, transform_streams_for_comparison
+
+    flat: dict[str, list] = {}
+    for output in transform_streams_for_comparison(coalesce_streams(copy.deepcopy(list(outputs)))):
+        for key, value in output.items():
+            if key in NBVAL_SKIP:
+                continue
+            items = value.items() if key == "data" else [(key, value)]
+            for k, v in items:
+                if k not in NBVAL_SKIP:
+                    flat.setdefault(k, []).append(v)
+    return flat
+
+
+def compare_smoke(name: str, executed: Path, golden: Path | None = None):
+    """Compare a smoke execution with its golden copy (default ``tests/golden/<name>.ipynb``).
+
+    Every glued value by ``book/verify.py``'s :func:`~verify.compare_glued` (the chapter's ``GLUE_CLASSES``;
+    numerical values judged to rounding where both copies record the same pinned numerical path and training step
+    backend, else only the exact values and conclusions), plus one row per cell tagged ``nbval-check-output``: its outputs must equal
+    the golden copy's as nbval (``--nbval-lax``) compares them (an exact row). Returns ``(rows, path_note)``;
+    :func:`verify.reproduced` of the rows is the verdict."""
+    from glued import glued_values_of
+    from hessian_book.numerics import describe_path, path_differences
+    from verify import Row, chapter_classes, compare_glued
+
+    golden = Path(golden) if golden else GOLDEN / f"{name}.ipynb"
+    reference, rerun = nbformat.read(golden, as_version=4), nbformat.read(executed, as_version=4)
+    metas = [rec.record_of(nb) or {} for nb in (reference, rerun)]
+    paths = [m.get("numerical_path") for m in metas]
+    differences = path_differences(*paths)
+    backends = [m.get("step_backend") for m in metas]
+    if backends[0] != backends[1]:
+        differences.append(f"step backend: {backends[0]} vs {backends[1]}")
+    path_note = (f"golden: {describe_path(paths[0])}\nsmoke:  {describe_path(paths[1])}\n"
+                 + ("same numerical path: numerical values compared bitwise (or to rounding)" if not differences
+                    else "numerical paths differ (" + "; ".join(differences) + "): exact values and conclusions "
+                    "compared; numerical ones shown, not judged"))
+    rows = compare_glued(glued_values_of(reference), glued_values_of(rerun), classes=chapter_classes(name),
+                         same_path=not differences)
+    executed_cells = {c.source.strip(): c for c in rerun.cells if c.cell_type == "code"}
+    for index, cell in enumerate(reference.cells):
+        if CHECKED_TAG not in cell.metadata.get("tags", []):
+            continue
+        label = f"[{CHECKED_TAG} cell {index}]"
+        other = executed_cells.get(cell.source.strip())
+        if other is None:
+            rows.append(Row(label, cell.source[:40], None, "exact", "MISSING in rerun", True))
+            continue
+        a, b = _nbval_outputs(cell.outputs), _nbval_outputs(other.outputs)
+        rows.append(Row(label, a, b, "exact", "agrees" if a == b else "DIFFERS", True, "as nbval compares"))
+    return rows, path_note
+
+
+def check_smoke_pages(pages: dict[str, Path]) -> list[str]:
+    """Why ``pages`` are not one smoke session's executions of the current sources (``[]`` when they are): each
+    exists, ran at preset smoke, has the code cells of ``notebooks/<name>.md``, and all share one results
+    folder."""
+    problems, folders = [], {}
+    for name, path in pages.items():
+        if not Path(path).is_file():
+            problems.append(f"{name}: no {path}")
+            continue
+        notebook = nbformat.read(path, as_version=4)
+        if not rec.is_smoke(notebook):
+            problems.append(f"{name}: {path} was not executed at preset smoke")
+        if _code_sources(notebook) != _code_sources(rec.read_source(name)):
+            problems.append(f"{name}: {path} was executed from other code than notebooks/{name}.md")
+        folders[name] = ((rec.record_of(notebook) or {}).get("parameters", {}).get("injected") or {}).get(
+            "results_dir")
+    if len(set(folders.values())) > 1 or None in folders.values():
+        problems.append("the pages were not executed by one smoke session sharing one results folder: "
+                        + ", ".join(f"{n}: {f}" for n, f in folders.items()))
+    return problems
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -273,6 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="execute only these notebooks")
     parser.add_argument("--golden", action="store_true", help="write smoke-preset golden copies for nbval")
     parser.add_argument("--no-book", action="store_true", help="execute notebooks but do not build the HTML")
+    parser.add_argument("--from-executed", action="store_true",
+                        help="build the smoke book from notebooks/_executed/ as the test session executed it (each "
+                             "smoke notebook once, sharing one results folder; tests/book/test_smoke.py) without "
+                             "executing anything")
     parser.add_argument("--from-golden", action="store_true",
                         help="build the book from the smoke-preset golden copies in tests/golden/ without executing "
                              "anything (they must be fresh: the test suite checks that and re-executes them)")
@@ -280,13 +491,23 @@ def main(argv: list[str] | None = None) -> None:
                         "(NAME or all), then build")
     parser.add_argument("--record", nargs="+", metavar="NAME", help="execute at the defaults into record/ "
                         "(NAME or all); no book")
-    parser.add_argument("--plan", action="store_true", help="print what the build would execute, then stop")
+    parser.add_argument("--plan", action="store_true", help="print one line per chapter (state, estimate, budget, "
+                        "library commits since its record) and what the build would execute, then stop")
+    parser.add_argument("--calibrate", action="store_true", help="--plan: calibrate first (~10 s) and give the "
+                        "estimates at this machine's speed now too")
+    parser.add_argument("--verbose", action="store_true", help="--plan: list the library commits since each record")
     parser.add_argument("--verify", metavar="NAME", help="re-execute NAME into a fresh results folder and compare "
                         "its glued values with the record's")
     parser.add_argument("--against", type=Path, help="--verify: the executed notebook to compare with "
                         "(default record/NAME.ipynb), e.g. tests/golden/NAME.ipynb")
     parser.add_argument("--scratch", type=Path, help="--verify: the folder for the rerun (default: a new temp dir)")
     args = parser.parse_args(argv)
+
+    # The pinned numerical path for this process and every kernel and worker it starts, before torch is imported
+    # (hessian_book.numerics; HESSIAN_UNPINNED=1 runs the CPU's own path and the provenance says so).
+    from hessian_book.numerics import pin_environment
+
+    pin_environment()
 
     # Notebooks run with cwd notebooks/: make the data location absolute. Default: <repo>/data/mnist.
     os.environ["MNIST_DATA_DIR"] = str(Path(os.environ.get("MNIST_DATA_DIR") or ROOT / "data" / "mnist").resolve())
@@ -295,16 +516,26 @@ def main(argv: list[str] | None = None) -> None:
         check_tools(book=False, execute=True)
         sys.exit(verify(_names([args.verify])[0], against=args.against, scratch=args.scratch))
 
-    smoke_mode = args.preset is not None or args.from_golden or args.golden
+    smoke_mode = args.preset is not None or args.from_golden or args.golden or args.from_executed
     forced = set(_names(args.rerun) + _names(args.record) + ([] if smoke_mode else _names(args.only)))
     book = not (args.golden or args.no_book or args.record or args.plan)
-    will_execute = not args.from_golden and not args.plan
+    will_execute = not args.from_golden and not args.from_executed and not args.plan
     check_tools(book=book, execute=will_execute)
 
-    if args.golden:
-        for name in rec.execution_order(_names(args.only) or BOOK_NOTEBOOKS, book=BOOK_NOTEBOOKS):
-            seconds = execute(name, GOLDEN / f"{name}.ipynb", {"preset": "smoke"})
-            print(f"executed {name} in {seconds:.1f} s", flush=True)
+    if args.golden:  # as the test session executes them: in dependency order, sharing one results folder
+        execute_smoke_all(_names(args.only) or BOOK_NOTEBOOKS, GOLDEN)
+        return
+
+    if args.from_executed:
+        pages = {n: EXECUTED / f"{n}.ipynb" for n in BOOK_NOTEBOOKS}
+        problems = check_smoke_pages(pages)
+        if problems:
+            sys.exit("--from-executed: run the README's test command first (it executes every smoke notebook "
+                     "into notebooks/_executed/):\n  " + "\n  ".join(problems))
+        write_pages(pages)
+        print(f"wrote {len(pages)} smoke pages from the test session's executions into {EXECUTED}", flush=True)
+        if book:
+            build_book(smoke=True)
         return
 
     if args.from_golden:
@@ -320,12 +551,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.preset is not None:
         names = rec.execution_order(_names(args.only) if args.only is not None else BOOK_NOTEBOOKS,
                                     book=BOOK_NOTEBOOKS)
-        parameters = {"preset": args.preset}
-
-        def action(name):
-            return execute(name, EXECUTED / f"{name}.ipynb", parameters)
-
-        run_with_progress(names, {}, action)
+        if args.preset == "smoke":  # one shared results folder, as the test session executes them
+            execute_smoke_all(names, EXECUTED)
+        else:
+            parameters = {"preset": args.preset}
+            run_with_progress(names, {}, lambda name: execute(name, EXECUTED / f"{name}.ipynb", parameters))
         missing = [n for n in BOOK_NOTEBOOKS if not (EXECUTED / f"{n}.ipynb").is_file()]
         if book and missing:
             sys.exit(f"not executed yet: {missing}; run without --only first")
@@ -336,13 +566,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # The record: execute what is missing, stale or forced; then the book from record/.
     names = BOOK_NOTEBOOKS if not args.record else _names(args.record)
-    todo, statuses = plan(names, forced)
+    calibration = calibrated() if args.calibrate else None
+    estimated = estimates(names)
+    todo, statuses = plan(names, forced, verbose=args.verbose, calibration=calibration, estimated=estimated)
     if args.plan:
         return
     if args.record:
         todo = rec.execution_order(list(forced), book=BOOK_NOTEBOOKS)
-    estimates = {s.name: s.wall_seconds for s in statuses}
-    run_with_progress(todo, estimates, lambda name: record_chapter(name))
+    if todo and calibration is None:
+        calibration = calibrated()  # the remaining-time estimates at the speed of now
+    # the cost model's estimate at the speed measured now; the record's wall time where there is no estimate
+    expected = {s.name: (estimated[s.name].seconds * calibration.speed_factor
+                         if calibration is not None and hasattr(estimated.get(s.name), "seconds")
+                         else s.wall_seconds) for s in statuses}
+    run_with_progress(todo, expected, lambda name: record_chapter(name))
     if not book:
         return
     statuses = {n: rec.staleness(n, record_dir=RECORD) for n in BOOK_NOTEBOOKS}

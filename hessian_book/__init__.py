@@ -11,11 +11,11 @@ Shared pieces, one job per module:
 * ``fourier``, ``circuit`` -- Fourier tools for modular addition; Nanda et al.'s progress measures of its circuit;
 * ``mechanism`` -- ablations, patching, eigenvector weight on Fourier subspaces against a random-subspace null,
   other curvature matrices, probes (the mechanistic chapter);
-* ``batched`` -- several full-batch AdamW runs of one architecture trained together;
 * ``stats``, ``sampling``, ``spikes`` -- hierarchical bootstrap of phase differences over seeds; stratified
   Hessian subsamples; training-loss spikes;
 * ``config``, ``fanout``, ``progress``, ``glue``, ``plots`` -- chapter configurations; running independent
-  tasks on local processes or a Dask cluster; progress bars; glued numbers and words; figures.
+  tasks on local processes or a Dask cluster; progress bars; glued numbers and words; figures;
+* ``calibration`` -- the ~10-second benchmark of this machine's speed that accompanies every timing.
 
 ``hessian_book.chapters`` holds one module per chapter: a ``Config`` (defaults, presets, validation) and
 ``run(config)`` returning the chapter's result; the notebooks in ``notebooks/`` only call them.

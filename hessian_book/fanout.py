@@ -21,7 +21,15 @@ The scheduler as well as the workers must import ``hessian_book`` (the
 scheduler unpickles the submitted tasks), hence ``PYTHONPATH``::
 
     PYTHONPATH=$PWD dask scheduler --port 8786
-    PYTHONPATH=$PWD dask worker tcp://SCHEDULER_HOST:8786 --nworkers 2 --nthreads 1
+    env $(python -m hessian_book.numerics --export) PYTHONPATH=$PWD \
+        dask worker tcp://SCHEDULER_HOST:8786 --nworkers 2 --nthreads 1
+
+Workers compute, so they must run on the pinned numerical path
+(:mod:`hessian_book.numerics`; the ``env $(...)`` prefix): a task submitted by a
+pinned process checks in its worker, before it runs, that the path is in force
+(once per worker process) and fails with a message saying how to start the
+worker otherwise.  Spawned local workers inherit the pinned environment.  Each
+:class:`TaskResult` says which path its worker ran (``numerics``).
 
 Use one thread per worker process (``--nthreads 1``): tasks that share a
 process share torch's global random generator and thread settings.
@@ -284,12 +292,15 @@ def _warn_about_workers(client, address: str) -> None:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """One task's return ``value``, the ``worker`` (``"hostname:pid"``) that ran it, and
-    ``seconds`` of wall time inside the task."""
+    """One task's return ``value``, the ``worker`` (``"hostname:pid"``) that ran it,
+    ``seconds`` of wall time inside the task, and ``numerics``: the worker's numerical
+    path (``"pinned AVX2"``, checked before the task ran when the submitting process is
+    pinned; ``"unpinned AVX512"``; ``"unpinned"`` when the task did not load torch)."""
 
     value: Any
     worker: str
     seconds: float
+    numerics: str = ""
 
     @property
     def host(self) -> str:
@@ -327,9 +338,14 @@ class _Timed:
     """
 
     function: Callable[..., Any]
+    # The submitting process is on the pinned numerical path (hessian_book.numerics): so
+    # must the worker be, or its numbers would not be the record's.
+    expect_pinned: bool = False
 
     def __call__(self, args: tuple, kwargs: dict[str, Any]) -> TaskResult:
         worker = f"{socket.gethostname()}:{os.getpid()}"
+        if self.expect_pinned:
+            _check_worker_pinned()
         start = time.perf_counter()
         try:
             value = self.function(*args, **kwargs)
@@ -337,7 +353,31 @@ class _Timed:
             if hasattr(exc, "add_note"):  # Python >= 3.11; notes survive pickling
                 exc.add_note(f"(task ran in process {worker})")
             raise
-        return TaskResult(value=value, worker=worker, seconds=time.perf_counter() - start)
+        return TaskResult(value=value, worker=worker, seconds=time.perf_counter() - start,
+                          numerics=_worker_numerics())
+
+
+_PINNED_CHECKED: set[int] = set()  # process ids whose pinned path was checked (once per process)
+
+
+def _check_worker_pinned() -> None:
+    """Raise NumericsError unless this worker process runs the pinned numerical path."""
+    if os.getpid() in _PINNED_CHECKED:
+        return
+    from hessian_book.numerics import check_pinned
+
+    check_pinned()
+    _PINNED_CHECKED.add(os.getpid())
+
+
+def _worker_numerics() -> str:
+    from hessian_book.numerics import is_pinned_env
+
+    state = "pinned" if is_pinned_env() else "unpinned"
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return state
+    return f"{state} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _split(index: int, task: object) -> tuple[tuple, dict[str, Any]]:
@@ -429,7 +469,9 @@ def run_tasks(
     calls = [_split(i, task) for i, task in enumerate(tasks)]
     if not calls:
         return []
-    wrapped = _Timed(function)
+    from hessian_book.numerics import is_pinned_env
+
+    wrapped = _Timed(function, expect_pinned=is_pinned_env())
     if kind == "processes":
         _check_picklable(wrapped, function)
         max_workers = min(max_workers or _available_cpus(), len(calls))

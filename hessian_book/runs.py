@@ -21,14 +21,14 @@ from torch import Tensor, nn
 
 from hessian_core import hessian_operator, lanczos
 
-from .curves import grokking_delay
 from .data import load_mnist, modular_addition_split
 from .models import ModAddMLP, ModAddTransformer, lenet_tiny, n_parameters
+from .outcomes import StopRule, outcome_of_log
 from .progress import show_progress
 from .sharpness import adam_preconditioner, hessian_extremes
 from .store import ResultStore
-from .training import (checkpoint_name, full_batch_evaluator, mnist_checkpoint_steps, split_evaluator,
-                       train_full_batch_adamw, train_sgd_with_checkpoints)
+from .training import (checkpoint_name, full_batch_evaluator, mnist_checkpoint_steps, resolve_step_backend,
+                       split_evaluator, train_full_batch_adamw, train_sgd_with_checkpoints)
 
 __all__ = ["MnistLenetRun", "mnist_lenet_run", "hessian_subsample", "ModAddRun", "train_modadd",
            "modadd_checkpoint_steps", "hessian_batch", "modadd_mlp_run"]
@@ -117,17 +117,28 @@ class ModAddRun:
     """A finished (or resumed) training run.
 
     Attributes:
-        params: the parameters that keyed ``store``.
+        params: the parameters that keyed ``store`` (every training parameter but the cap), plus ``n_steps`` (the
+            cap this run was asked for) and ``stop`` (the stop rule's parameters, or ``None``).
         store: where its checkpoints ``checkpoint_{step:07d}`` live.
-        log: one record per logged step: ``step``, ``train_seconds``, ``train_loss``, ``train_acc``,
-            ``test_loss``, ``test_acc``.
-        checkpoint_steps: the saved steps, ascending.
+        log: one record per logged step up to the run's end: ``step``, ``train_seconds``, ``train_loss``,
+            ``train_acc``, ``test_loss``, ``test_acc``; the last also ``stopped`` (``"rule"`` or ``"cap"``).
+        checkpoint_steps: the saved steps up to the run's end (the schedule's, and the end step), ascending.
     """
 
     params: dict
     store: ResultStore
     log: list[dict]
     checkpoint_steps: list[int]
+
+    @property
+    def end_step(self) -> int:
+        """The step at which training ended (the cap, or where the stop rule stopped it)."""
+        return int(self.log[-1]["step"])
+
+    @property
+    def stopped(self) -> str:
+        """Why training ended: ``"rule"`` (the stop rule) or ``"cap"`` (``n_steps``)."""
+        return self.log[-1]["stopped"]
 
     def curve(self, name: str) -> np.ndarray:
         """``ndarray[T]`` of a logged quantity (``"step"``, ``"train_acc"``, ...)."""
@@ -142,35 +153,62 @@ class ModAddRun:
 
 def train_modadd(root: str, experiment: str, *, p: int, train_fraction: float, split_seed: int, seed: int, d_model: int,
                  n_heads: int, d_mlp: int | None, lr: float, weight_decay: float, betas: Sequence[float],
-                 n_steps: int, log_every: int, checkpoint_steps: Sequence[int], progress: bool | None = None,
+                 n_steps: int, log_every: int, checkpoint_steps: Sequence[int], checkpoint_every: int = 0,
+                 stop: StopRule | None = None, step_backend: str = "auto", progress: bool | None = None,
                  desc: str = "training") -> ModAddRun:
     """Train (or resume, or load) ``a + b mod p`` with full-batch AdamW, logging train/test loss and accuracy.
 
-    The split (:func:`hessian_book.data.modular_addition_split`) uses ``split_seed``, the initialisation ``seed``. Every
-    argument but ``root``, ``progress`` and ``desc`` keys the store ``<root>/<experiment>/<key>``, so a rerun with
-    the same arguments loads the saved log and trains nothing.
+    The split (:func:`hessian_book.data.modular_addition_split`) uses ``split_seed``, the initialisation ``seed``.
+    The store ``<root>/<experiment>/<key>`` is keyed by every training argument *except the cap* ``n_steps`` and
+    the stop rule (neither changes the trajectory, only where it ends), with a checkpoint schedule that does not
+    depend on the cap: so a run stopped at a cap and asked again with a larger one continues bit-identically, a
+    smaller cap returns exactly the prefix up to it, and the result depends only on the arguments
+    (:func:`hessian_book.training.train_full_batch_adamw`). A rerun with the same arguments trains nothing.
 
     Args:
+        n_steps: the cap, a multiple of ``log_every`` (so it is a logged step of every longer run).
         log_every: log interval in steps (checkpoint steps are logged too).
-        checkpoint_steps: steps at which the model is saved (``n_steps`` always is).
+        checkpoint_steps: steps at which the model is saved, independent of the cap (steps beyond it are not
+            reached); the end step is always saved too.
+        checkpoint_every: also save every ``checkpoint_every`` steps (0: no periodic checkpoints).
+        stop: the stop rule (:class:`hessian_book.outcomes.StopRule`; ``None``: train to the cap).
+        step_backend: ``"auto"``, ``"eager"`` or ``"compiled"`` (:class:`hessian_book.training.AdamWStep`); the
+            backend actually used (:func:`hessian_book.training.resolve_step_backend`) keys the store, since the
+            two agree only to float32 rounding.
     Returns:
         :class:`ModAddRun`.
     """
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every={log_every!r} must be a positive integer")
-    checkpoints = sorted({int(s) for s in checkpoint_steps} | {n_steps})
-    params = dict(p=p, train_fraction=train_fraction, split_seed=split_seed, seed=seed, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp,
-                  lr=lr, weight_decay=weight_decay, betas=list(betas), n_steps=n_steps, log_every=log_every,
-                  checkpoint_steps=checkpoints)
+    if not isinstance(n_steps, int) or n_steps < 1 or n_steps % log_every:
+        raise ValueError(f"n_steps={n_steps!r} must be a positive multiple of log_every={log_every}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} must be a non-negative integer")
+    schedule = sorted({int(s) for s in checkpoint_steps})
+    if schedule and schedule[0] < 0:
+        raise ValueError(f"checkpoint_steps={schedule!r} must be >= 0")
+    params = dict(p=p, train_fraction=train_fraction, split_seed=split_seed, seed=seed, d_model=d_model,
+                  n_heads=n_heads, d_mlp=d_mlp, lr=lr, weight_decay=weight_decay, betas=list(betas), log_every=log_every,
+                  checkpoint_steps=schedule, checkpoint_every=checkpoint_every,
+                  step_backend=resolve_step_backend(step_backend))
     split = modular_addition_split(p, train_fraction, split_seed)
     model = ModAddTransformer(p, d_model, n_heads, d_mlp, seed)  # validates the model arguments
     store = ResultStore(root, experiment, params)
-
+    saves = _schedule_up_to(schedule, checkpoint_every, n_steps)
     log = train_full_batch_adamw(
-        model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=checkpoints, lr=lr,
+        model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=saves, lr=lr,
         weight_decay=weight_decay, betas=tuple(betas), log_steps=range(0, n_steps + 1, log_every),
-        evaluate=split_evaluator(split["train"], split["test"]), progress=progress, desc=desc)
-    return ModAddRun(params=params, store=store, log=log, checkpoint_steps=checkpoints)
+        evaluate=split_evaluator(split["train"], split["test"]), progress=progress, desc=desc, stop=stop,
+        step_backend=params["step_backend"])
+    end = int(log[-1]["step"])
+    return ModAddRun(params=dict(params, n_steps=n_steps, stop=None if stop is None else stop.as_dict()),
+                     store=store, log=log, checkpoint_steps=sorted({s for s in saves if s <= end} | {end}))
+
+
+def _schedule_up_to(steps: Sequence[int], every: int, n_steps: int) -> list[int]:
+    """The checkpoint steps ``<= n_steps`` of a cap-independent schedule: ``steps`` and every ``every`` (0: none)."""
+    periodic = set(range(0, n_steps + 1, every)) if every else set()
+    return sorted({int(s) for s in steps if s <= n_steps} | periodic)
 
 
 def modadd_checkpoint_steps(n_steps: int, *, dense_every: int, dense_until: int, sparse_every: int) -> list[int]:
@@ -235,18 +273,25 @@ def checkpoint_hessian_extremes(train_store: ResultStore, hessian_store: ResultS
 def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, input_encoding: str,
                    train_fraction: float, split_seed: int, seed: int, n_steps: int, lr: float, weight_decay: float,
                    betas: tuple[float, float], log_every: int, hessian_every: int, lanczos_tol: float,
-                   hessian_dtype: str, top_k: int = 0, progress: bool | None = None) -> dict:
+                   hessian_dtype: str, top_k: int = 0, stop: StopRule | None = None, step_backend: str = "auto",
+                   progress: bool | None = None) -> dict:
     """Train one MLP on ``(a + b) mod p`` and compute its Hessian extremes over training (resumable).
 
-    Training: full-batch AdamW for ``n_steps`` on a ``train_fraction`` split of all ``p²`` pairs (split seeded by
-    ``split_seed``, initialisation by ``seed``); every ``log_every`` steps the metrics of
-    :func:`full_batch_evaluator`; a checkpoint every ``hessian_every`` steps (0: none but the last). Hessians:
-    at every checkpoint, on the full training set (:func:`checkpoint_hessian_extremes`); with ``top_k > 0`` also
-    the ``top_k`` largest eigenvalues at the last checkpoint (same tolerance and precision).
+    Training: full-batch AdamW for at most ``n_steps`` (the cap) on a ``train_fraction`` split of all ``p²`` pairs
+    (split seeded by ``split_seed``, initialisation by ``seed``), ending earlier where the ``stop`` rule fires;
+    every ``log_every`` steps the metrics of :func:`full_batch_evaluator`; a checkpoint every ``hessian_every``
+    steps (0: none) and at the end step. The training store is keyed by every training parameter but the cap and
+    the rule, so a larger cap continues the same trajectory and a smaller one reads its prefix
+    (:func:`hessian_book.training.train_full_batch_adamw`). Hessians: at every checkpoint up to the end, on the
+    full training set (:func:`checkpoint_hessian_extremes`); with ``top_k > 0`` also the ``top_k`` largest
+    eigenvalues at the end step (same tolerance and precision). ``step_backend``: as in :func:`train_modadd` (the
+    backend used keys the training store).
 
     Returns:
-        ``{"log": [records], "hessian": [records], "n_params": P, "memorised"/"generalised": steps or None,
-        "top": ndarray[top_k] ascending or None}`` — see :func:`hessian_book.curves.grokking_delay` for the middle two.
+        ``{"log": [records], "hessian": [records], "n_params": P, "memorised"/"generalised"/"ratio": steps (or
+        ratio) or None, "groks": bool, "outcome": Outcome, "end_step", "stopped": "rule" | "cap", "top":
+        ndarray[top_k] ascending or None}`` — the outcomes by :func:`hessian_book.outcomes.outcome` within
+        ``n_steps``.
     """
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k={top_k!r} must be a non-negative integer")
@@ -254,12 +299,15 @@ def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, i
         raise ValueError(f"hessian_dtype={hessian_dtype!r} must be one of {sorted(_DTYPES)}")
     if not isinstance(log_every, int) or not 1 <= log_every <= n_steps:
         raise ValueError(f"log_every={log_every!r} must be an integer in [1, n_steps={n_steps}]")
+    if n_steps % log_every:
+        raise ValueError(f"n_steps={n_steps!r} must be a multiple of log_every={log_every}")
     if not isinstance(hessian_every, int) or not 0 <= hessian_every <= n_steps:
         raise ValueError(f"hessian_every={hessian_every!r} must be an integer in [0, n_steps={n_steps}]")
     split = modular_addition_split(p, train_fraction, split_seed, with_equals=False)
     train_params = dict(p=p, depth=depth, width=width, input_encoding=input_encoding, train_fraction=train_fraction,
-                        split_seed=split_seed, seed=seed, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
-                        betas=list(betas), log_every=log_every, hessian_every=hessian_every)
+                        split_seed=split_seed, seed=seed, lr=lr, weight_decay=weight_decay,
+                        betas=list(betas), log_every=log_every, hessian_every=hessian_every,
+                        step_backend=resolve_step_backend(step_backend))
     train_store = ResultStore(results_dir, "mlp_depth_modadd", train_params)
     # The Hessians are an analysis of the run: a child store keyed by the run's key and the analysis settings.
     hessian_store = ResultStore(results_dir, "mlp_depth_modadd_hessian",
@@ -269,13 +317,15 @@ def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, i
         return ModAddMLP(p, depth, width, input_encoding, seed)
 
     model = make_model()
-    checkpoints = list(range(0, n_steps + 1, hessian_every)) if hessian_every else [n_steps]
+    checkpoints = _schedule_up_to([], hessian_every, n_steps)
     log = train_full_batch_adamw(
         model, *split["train"], store=train_store, n_steps=n_steps, checkpoint_steps=checkpoints, lr=lr,
         weight_decay=weight_decay, betas=tuple(betas), log_steps=range(0, n_steps + 1, log_every),
         evaluate=full_batch_evaluator(split["train"], split["test"]), progress=progress,
-        desc=f"depth {depth} seed {seed}")
-    hessian = checkpoint_hessian_extremes(train_store, hessian_store, sorted(set(checkpoints) | {n_steps}),
+        desc=f"depth {depth} seed {seed}", stop=stop, step_backend=train_params["step_backend"])
+    end = int(log[-1]["step"])
+    hessian = checkpoint_hessian_extremes(train_store, hessian_store, sorted({s for s in checkpoints if s <= end}
+                                                                             | {end}),
                                           make_model, split["train"], tol=lanczos_tol,
                                           dtype=_DTYPES[hessian_dtype], progress=progress)
     top = None
@@ -284,6 +334,7 @@ def modadd_mlp_run(results_dir: str | Path, *, p: int, depth: int, width: int, i
             op = hessian_operator(model, nn.CrossEntropyLoss(), split["train"], dtype=_DTYPES[hessian_dtype])
             return lanczos(op, top_k, which="largest", tol=lanczos_tol, progress=False)
 
-        top = hessian_store.cached(f"top{top_k}_{n_steps:07d}", compute_top)
-    delay = grokking_delay([r["step"] for r in log], [r["train_acc"] for r in log], [r["test_acc"] for r in log])
-    return {"log": log, "hessian": hessian, "n_params": n_parameters(model), **delay, "top": top}
+        top = hessian_store.cached(f"top{top_k}_{end:07d}", compute_top)
+    outcome = outcome_of_log(log, budget=n_steps, **({} if stop is None else {"rule": stop}))
+    return {"log": log, "hessian": hessian, "n_params": n_parameters(model), **outcome.delay(), "groks": outcome.groks,
+            "outcome": outcome, "end_step": end, "stopped": log[-1]["stopped"], "top": top}

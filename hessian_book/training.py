@@ -6,20 +6,26 @@ the uninterrupted run would have: the same mini-batches, the same optimiser stat
 
 from __future__ import annotations
 
+import functools
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm.std import tqdm
 
+from .outcomes import StopRule
 from .progress import show_progress
 from .store import ResultStore
 
 __all__ = [
     "checkpoint_name", "mnist_checkpoint_steps", "epoch_permutation", "accuracy", "split_evaluator",
-    "full_batch_evaluator",
-    "train_sgd_with_checkpoints", "train_full_batch_adamw",
+    "full_batch_evaluator", "STEP_BACKENDS", "STEP_BACKEND_ENV", "resolve_step_backend", "compiled_step_available",
+    "AdamWStep",
+    "CompiledStepError",
+    "train_sgd_with_checkpoints", "train_full_batch_adamw", "completed_log",
 ]
 
 
@@ -103,6 +109,203 @@ def full_batch_evaluator(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tenso
                     eval_seconds=time.perf_counter() - started)
 
     return evaluate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One full-batch AdamW step, eager or compiled
+
+STEP_BACKENDS = ("auto", "eager", "compiled")
+STEP_BACKEND_ENV = "HESSIAN_STEP_BACKEND"  # what "auto" means in this process, if set: "eager" or "compiled"
+# The compiled backend's AdamW implementation: fused (one C++ kernel per parameter) or torch's default (on CPU its
+# single-tensor implementation, one elementwise operation at a time, as the eager backend uses). The two round
+# differently (float32 rounding, like compiled against eager), so the choice is part of what "compiled" means.
+# Beside the compiled forward/backward, fused measured 2-3 % faster on average over three interleaved runs of
+# benchmarks/bench_training_step.py (one thread, CPU ms per step: grokking transformer 11.53 against 11.86, depth-4
+# MLP 16.07 against 16.39), within the runs' spread (one run each way): not slower, so fused.
+_COMPILED_FUSED_ADAMW = True
+
+
+class CompiledStepError(RuntimeError):
+    """The compiled step could not be compiled or run here (raised at its first call, before any update)."""
+
+
+def resolve_step_backend(backend: str) -> str:
+    """The backend a run asking for ``backend`` trains with: ``"eager"`` or ``"compiled"``, known before anything is
+    trained, so that a run's store can be keyed by it.
+
+    ``"auto"`` is ``"compiled"`` where compiling works (:func:`compiled_step_available`), else ``"eager"`` with a
+    warning saying why; the environment variable ``HESSIAN_STEP_BACKEND`` (``"eager"`` or ``"compiled"``)
+    overrides it for a whole session (the test session sets ``"eager"``: compiling costs more than a test run's
+    few hundred steps save). ``"eager"`` and ``"compiled"`` are returned as they are.
+    """
+    if backend not in STEP_BACKENDS:
+        raise ValueError(f"step_backend={backend!r} must be one of {STEP_BACKENDS}")
+    if backend != "auto":
+        return backend
+    override = os.environ.get(STEP_BACKEND_ENV, "auto") or "auto"
+    if override not in STEP_BACKENDS:
+        raise ValueError(f"the environment variable {STEP_BACKEND_ENV}={override!r} must be one of {STEP_BACKENDS}")
+    if override != "auto":
+        return override
+    why = _compile_probe()
+    if why is not None:
+        warnings.warn(f"step_backend='auto': torch.compile does not work here ({why}); training steps run eager",
+                      RuntimeWarning, stacklevel=2)
+        return "eager"
+    return "compiled"
+
+
+def compiled_step_available() -> bool:
+    """Whether ``torch.compile`` (inductor) compiles and runs a forward and backward pass here: a C++ compiler,
+    Python headers and a working inductor. Probed once per process (a tiny model; seconds, the first time)."""
+    return _compile_probe() is None
+
+
+@functools.cache
+def _compile_probe() -> str | None:
+    """``None`` if a tiny compiled forward/backward works, else why not (one line)."""
+    try:
+        _configure_inductor()
+        layer = nn.Linear(3, 2)
+        probe = torch.compile(lambda x: layer(x).square().mean(), dynamic=False, fullgraph=True)
+        probe(torch.linspace(-1, 1, 12).reshape(4, 3)).backward()
+    except Exception as error:  # any failure to compile: no compiler, no headers, an inductor or dynamo error
+        return _one_line(error)
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _configure_inductor() -> None:
+    """The pinned numerical path's vector width for compiled kernels (:mod:`hessian_book.numerics`)."""
+    from . import numerics  # lazily: numerics must not import torch before the environment is pinned
+
+    if hasattr(numerics, "configure_inductor"):
+        numerics.configure_inductor()
+
+
+class AdamWStep:
+    """One full-batch AdamW update of ``model`` on cross-entropy: ``step()`` zeroes the gradients, back-propagates
+    ``cross_entropy(model(inputs), labels)`` and updates the parameters.
+
+    Backends (``backend``):
+
+    * ``"eager"``: the model as written and torch's default AdamW (on CPU its single-tensor implementation):
+      bit for bit the plain loop.
+    * ``"compiled"``: the loss and its gradient through ``torch.compile`` (inductor; whole graph, static shapes)
+      and fused AdamW. Compiled at the first call (seconds; inductor's on-disk cache makes a repeat faster),
+      after clearing dynamo's in-memory caches, so what is compiled never depends on what the process compiled
+      before (and a process that trains many architectures never meets dynamo's recompile limit, past which it
+      would silently run eager). Its numbers agree with eager to float32 rounding, not bitwise: the backend is
+      part of a run's identity (store keys, logs, checkpoints).
+    * ``"auto"``: :func:`resolve_step_backend`; if compiling then fails at the first call (an inductor error),
+      the step falls back to eager before any update, says so (``RuntimeWarning``) and :attr:`backend` becomes
+      ``"eager"``. Under ``"compiled"`` (or a backend adopted from a checkpoint) that failure raises
+      :class:`CompiledStepError` instead.
+
+    The optimiser's ``state_dict()`` gains ``"step_backend"``. Loading a state dict checks it (a state dict
+    without one was saved by the eager step, the only one before): a different backend raises, except under
+    ``"auto"`` before the first step, where the checkpoint's backend is adopted (a resumed run continues with the
+    backend of its trajectory). Loading also restores this backend's AdamW implementation (``torch.optim``
+    would otherwise take the saved ``fused`` flag), so state dicts stay loadable across backends.
+
+    Args:
+        model: trained in place; maps ``inputs`` to logits ``[N, C]``.
+        inputs, labels: the whole training set (``labels: LongTensor[N]``).
+        lr, weight_decay, betas: ``torch.optim.AdamW`` hyper-parameters (``eps`` its default).
+        backend: ``"auto"``, ``"eager"`` or ``"compiled"``.
+        fused: AdamW's implementation, ``None`` for the backend's (eager: torch's default; compiled: fused, see
+            ``_COMPILED_FUSED_ADAMW``). For benchmarks only: it changes the numbers at float32
+            rounding and nothing records it but the optimiser state's ``fused`` flag.
+    Attributes:
+        optimiser: the ``torch.optim.AdamW``.
+        backend: the backend in use, ``"eager"`` or ``"compiled"``.
+        compile_seconds: wall time of the first compiled call: compiling, then its forward and backward (``None``
+            before the first call; 0 for eager).
+    """
+
+    def __init__(self, model: nn.Module, inputs: Tensor, labels: Tensor, *, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.98), backend: str = "auto", fused: bool | None = None):
+        self.model, self.inputs, self.labels = model, inputs, labels
+        self._requested = backend
+        self.backend = resolve_step_backend(backend)
+        self._strict = backend != "auto"
+        self._fused = fused
+        self._loss: Callable[[Tensor, Tensor], Tensor] | None = None
+        self.compile_seconds: float | None = None
+        self.optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+        self._implement()
+        self.optimiser.register_state_dict_post_hook(self._state_dict_post_hook)
+        self.optimiser.register_load_state_dict_pre_hook(self._load_state_dict_pre_hook)
+        self.optimiser.register_load_state_dict_post_hook(lambda optimiser: self._implement())
+
+    def _implement(self) -> None:
+        fused = self._fused if self._fused is not None else (self.backend == "compiled" and _COMPILED_FUSED_ADAMW)
+        for group in self.optimiser.param_groups:
+            group["fused"], group["foreach"] = (True, None) if fused else (None, None)
+
+    def _state_dict_post_hook(self, optimiser: torch.optim.Optimizer, state: dict) -> dict:
+        return {**state, "step_backend": self.backend}
+
+    def _load_state_dict_pre_hook(self, optimiser: torch.optim.Optimizer, state: dict) -> dict:
+        saved = state.pop("step_backend", "eager")
+        if saved != self.backend:
+            if self._strict or self._loss is not None or saved not in ("eager", "compiled"):
+                raise ValueError(f"step_backend={self._requested!r} ({self.backend}) cannot continue a checkpoint "
+                                 f"trained with step_backend={saved!r}: the two agree only to float32 rounding")
+            self.backend, self.compile_seconds = saved, None
+        self._strict = True  # a resumed trajectory keeps its backend: no silent fallback from here on
+        return state
+
+    def _compile(self) -> None:
+        """The first compiled call's forward and backward (the optimiser step follows in ``__call__``)."""
+        model = self.model
+
+        def loss(inputs: Tensor, labels: Tensor) -> Tensor:
+            return nn.functional.cross_entropy(model(inputs), labels)
+
+        started = time.perf_counter()
+        try:
+            _configure_inductor()
+            torch.compiler.reset()
+            compiled = torch.compile(loss, dynamic=False, fullgraph=True)
+            compiled(self.inputs, self.labels).backward()
+        except Exception as error:  # any failure to compile (no compiler, an inductor or dynamo error)
+            reason = _one_line(error)
+            if self._strict:
+                raise CompiledStepError(f"the compiled training step failed here ({reason}); train with "
+                                        f"step_backend='eager' (another run: its numbers differ at float32 "
+                                        f"rounding)") from error
+            warnings.warn(f"step_backend='auto': the compiled training step failed ({reason}); training steps "
+                          f"run eager", RuntimeWarning, stacklevel=3)
+            self.backend = "eager"
+            self._implement()
+            self.optimiser.zero_grad(set_to_none=True)
+            self._loss = self._eager_loss
+            self.compile_seconds = 0.0
+            self._eager_loss(self.inputs, self.labels).backward()
+            return
+        self._loss = compiled
+        self.compile_seconds = time.perf_counter() - started  # includes one step's forward and backward
+
+    def _eager_loss(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(self.model(inputs), labels)
+
+    def __call__(self) -> None:
+        """One AdamW update on the full batch."""
+        self.optimiser.zero_grad(set_to_none=True)
+        if self._loss is None:
+            if self.backend == "compiled":
+                self._compile()
+            else:
+                self._loss, self.compile_seconds = self._eager_loss, 0.0
+                self._loss(self.inputs, self.labels).backward()
+        else:
+            self._loss(self.inputs, self.labels).backward()
+        self.optimiser.step()
 
 
 def train_sgd_with_checkpoints(
@@ -192,15 +395,28 @@ def train_full_batch_adamw(
     evaluate: Callable[[int, nn.Module], dict] | None = None,
     progress: bool | None = None,
     desc: str = "training",
+    stop: StopRule | None = None,
+    step_backend: str = "auto",
 ) -> list[dict]:
     """Full-batch AdamW on cross-entropy (one step = one epoch), resumable, with a log and saved checkpoints.
 
     At every step in ``log_steps`` and ``checkpoint_steps`` (step ``s`` = the state after ``s`` updates) the log
     gains a record ``{"step", "train_seconds", **evaluate(s, model)}``. At every checkpoint step the model,
-    the optimiser state and the log so far are saved atomically to ``store`` as ``checkpoint_{s:07d}``; the
-    final step ``n_steps`` is always a checkpoint, and its log is the returned one. A rerun resumes from the
-    latest saved checkpoint (full-batch updates are deterministic, so the log entries after it are recomputed
-    identically); if the final checkpoint exists nothing is trained.
+    the optimiser state and the log so far are saved atomically to ``store`` as ``checkpoint_{s:07d}``.
+
+    Training ends at the cap ``n_steps`` or, with a ``stop`` rule, at the first logged step at which the rule
+    fires (:meth:`hessian_book.outcomes.StopRule.stop_step` on the log's ``test_acc``), whichever comes first; the
+    end step is always a checkpoint, and the returned log's last record says why training ended: ``"stopped":
+    "rule"`` or ``"cap"`` (only the returned copy: the stored logs are the bare trajectory).
+
+    The store holds one trajectory, whatever the cap or rule of the call that computed it (full-batch updates are
+    deterministic, so the store may be keyed without the cap): a call reads its end off the stored log when the
+    store already reaches it (a smaller cap, or the rule firing inside the stored log), and returns exactly the
+    prefix of the stored log up to that end, re-running from the last checkpoint before the end (re-using the
+    stored log records, so nothing is re-evaluated) if the end itself was not saved; otherwise it resumes from
+    the latest intact checkpoint and continues, so a run stopped at a cap and resumed with a larger one is the
+    uninterrupted run, bit for bit. A checkpoint that fails its checksum is quarantined and training resumes from
+    the one before it.
 
     Args:
         model: trained in place; maps ``inputs`` to logits ``[N, C]``.
@@ -212,8 +428,11 @@ def train_full_batch_adamw(
         evaluate: ``evaluate(step, model) -> dict`` of metrics (e.g. test accuracy); called with the model in
             eval mode and gradients enabled, so it may compute gradients or Hessians itself.
         progress: tqdm bar; ``desc`` labels it.
+        stop: the stop rule (``None``: train to ``n_steps``); ``evaluate`` must then return ``test_acc``.
+        step_backend: ``"auto"``, ``"eager"`` or ``"compiled"`` (:class:`AdamWStep`, which a resumed run
+            continues with its checkpoint's backend); each log record says the one used (``"step_backend"``).
     Returns:
-        the log: one record per logged step, in step order.
+        the log: one record per logged step up to the end step, in step order, the last with ``"stopped"``.
     """
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps={n_steps!r} must be a positive integer")
@@ -223,42 +442,108 @@ def train_full_batch_adamw(
     logs = sorted(set(saves) | {int(s) for s in (log_steps or ())})
     if saves[0] < 0 or logs[0] < 0 or logs[-1] > n_steps:
         raise ValueError(f"checkpoint_steps and log_steps must lie in [0, n_steps={n_steps}]")
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
-    done = _intact_prefix(store, saves)
+    if stop is not None and not isinstance(stop, StopRule):
+        raise ValueError(f"stop={stop!r} must be a hessian_book.outcomes.StopRule or None")
+    adamw_step = AdamWStep(model, inputs, labels, lr=lr, weight_decay=weight_decay, betas=betas,
+                           backend=step_backend)
+    optimiser = adamw_step.optimiser
+    # What the store already knows of the trajectory (possibly beyond this call's end), and this call's end.
+    known = _furthest_log(store)
+    end, why = _end_in(known, n_steps, stop)
+    last = n_steps if end is None else end
+    saves = sorted({s for s in saves if s <= last} | {last})
+    done = _intact_prefix(store, sorted(set(saves) | {s for s in _stored_steps(store) if s <= last}))
     step, seconds, log = 0, 0.0, []
     if done:
         state = store.load(checkpoint_name(done[-1]))
-        if done[-1] == n_steps:
+        if done[-1] == last and end is not None:
             model.load_state_dict(state["model"])
-            return state["log"]
+            return _ended(state["log"], why)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         step, log = done[-1], state["log"]
         seconds = log[-1]["train_seconds"]
 
-    def record(at: int) -> None:
-        was_training = model.training
-        model.eval()
-        log.append({"step": at, "train_seconds": seconds, **(evaluate(at, model) if evaluate else {})})
-        model.train(was_training)
-        if at in saves:
+    def record(at: int) -> bool:
+        """Log (and save) step ``at``; whether the stop rule fires there."""
+        nonlocal seconds
+        if at in known:  # computed before, on this very trajectory: the stored record, so the log is a prefix
+            entry = known[at]
+            seconds = entry["train_seconds"]
+        else:
+            was_training = model.training
+            model.eval()
+            entry = {"step": at, "train_seconds": seconds, "step_backend": adamw_step.backend,
+                     **(evaluate(at, model) if evaluate else {})}
+            model.train(was_training)
+        log.append(entry)
+        fires = stop is not None and stop.stop_step(*_test_curve(log)) == at
+        if at in saves or fires:
             store.save(checkpoint_name(at),
                        {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "log": log})
+        return fires
 
+    fired = False
     if not done and 0 in logs:
-        record(0)
-    pending = [s for s in logs if s > step]
+        fired = record(0)
+    pending = sorted({s for s in logs if step < s <= last} | ({last} if step < last else set()))
     model.train()
     with tqdm(total=n_steps, initial=step, desc=desc, disable=not show_progress(progress)) as bar:
-        while step < n_steps:
+        while step < last and not fired:
             started = time.perf_counter()
-            optimiser.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(inputs), labels).backward()
-            optimiser.step()
+            adamw_step()
             step += 1
             seconds += time.perf_counter() - started
             bar.update(1)
             if pending and step == pending[0]:
                 pending.pop(0)
-                record(step)
-    return log
+                fired = record(step)
+    return _ended(log, "rule" if fired else "cap")
+
+
+def completed_log(store: ResultStore, *, n_steps: int, stop: StopRule | None = None) -> list[dict] | None:
+    """The log :func:`train_full_batch_adamw` would return for cap ``n_steps`` and rule ``stop`` if ``store`` holds it
+    already (its end is read off the stored log and the end step's checkpoint is intact), else ``None``; trains
+    nothing. Lets a chapter read another chapter's run only where it is complete."""
+    end, why = _end_in(_furthest_log(store), n_steps, stop)
+    if end is None or not store.verified(checkpoint_name(end)):
+        return None
+    return _ended(store.load(checkpoint_name(end))["log"], why)
+
+
+def _stored_steps(store: ResultStore) -> list[int]:
+    """The steps of the checkpoints present in ``store`` (intact or not), ascending."""
+    return sorted(int(name[len("checkpoint_"):]) for name in store.names()
+                  if name.startswith("checkpoint_") and name[len("checkpoint_"):].isdigit())
+
+
+def _furthest_log(store: ResultStore) -> dict[int, dict]:
+    """step -> log record of the latest intact checkpoint's log (empty without one); corrupt ones are quarantined."""
+    for step in reversed(_stored_steps(store)):
+        if store.verified(checkpoint_name(step)):
+            return {int(r["step"]): r for r in store.load(checkpoint_name(step))["log"]}
+    return {}
+
+
+def _test_curve(log: Sequence[dict]) -> tuple[list[int], list[float]]:
+    if any("test_acc" not in r for r in log):
+        raise ValueError("stop= needs evaluate() records with 'test_acc' (the stop rule reads test accuracy)")
+    return [r["step"] for r in log], [r["test_acc"] for r in log]
+
+
+def _end_in(known: dict[int, dict], n_steps: int, stop: StopRule | None) -> tuple[int | None, str | None]:
+    """Where a call with cap ``n_steps`` and rule ``stop`` ends, if the stored log ``known`` already tells:
+    ``(step, "rule" | "cap")``, else ``(None, None)``."""
+    prefix = [known[s] for s in sorted(known) if s <= n_steps]
+    if stop is not None and prefix:
+        fires = stop.stop_step(*_test_curve(prefix))
+        if fires is not None:
+            return fires, "rule"
+    if known and max(known) >= n_steps:
+        return n_steps, "cap"
+    return None, None
+
+
+def _ended(log: Sequence[dict], why: str) -> list[dict]:
+    """A copy of ``log`` whose last record says why training ended."""
+    return [*log[:-1], {**log[-1], "stopped": why}]

@@ -265,3 +265,19 @@ def plot_dendrogram(result: Result) -> Figure:
     plot_truncated_dendrogram(result.linkage, top=30, ax=axes[1])
     axes[1].set_title("spectral dendrogram, last 30 merges")
     return fig
+
+
+# The class of every glued value, for ``book/build.py --verify`` (book/verify.py): the checks' errors are the
+# page's conclusions (each at rounding level); the spectrum of the briefly trained network is computed, with no
+# spread measured for it (bitwise on the record's numerical path, shown but not judged on another).
+def _glue_classes() -> dict[str, Any]:
+    from ..glue import conclusion, exact, numerical
+
+    return {
+        **{name: exact() for name in ("P", "n_images", "n_check_rows", "lanczos_k")},
+        "*_error": conclusion(atol=1e-9, why="a check's error at rounding level"),
+        "*": numerical(rtol=1e-6),
+    }
+
+
+GLUE_CLASSES = _glue_classes()

@@ -8,17 +8,19 @@ transition. :func:`run` computes the chapter: the recipe search; every run of th
 independent tasks (:func:`hessian_book.fanout.run_tasks`; each trains, re-runs its own transition densely, and
 measures Lanczos extremes, SLQ and Nanda et al.'s progress measures at every checkpoint); then, for the reference
 run, all eigenvalues at the picks, the subsample against the full training set, and one loss spike resolved
-checkpoint by checkpoint; finally the phase comparisons over runs with bootstrap intervals. The ``plot_*``
+checkpoint by checkpoint; finally the phase comparisons over the independent replicates (sign-flip p-values,
+t-intervals, Holm over the declared family :data:`PRIMARY`; :mod:`hessian_book.stats`). The ``plot_*``
 functions draw its figures from the :class:`Result`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,29 +31,31 @@ from torch import Tensor, nn
 from hessian_core import eigen_linkage, hessian_operator, lanczos, spectral_gaps, spectrum_stats
 
 from .. import config as checks
-from ..batched import train_modadd_batched
 from ..circuit import mlp_activations, progress_measures
 from ..config import ChapterConfig
-from ..curves import grokking_delay, groks, phase_statistics, transition_checkpoints, transition_window
+from ..curves import phase_statistics, transition_checkpoints, transition_window
 from ..data import modular_addition_split
 from ..fanout import run_tasks
 from ..fourier import key_frequencies
 from ..measure import dense_spectrum, extreme_eigenvalues, slq_density, slq_stats
 from ..models import ModAddTransformer, n_parameters
+from ..outcomes import GROKS_RATIO, Outcome, StopRule, memorised_step, outcome
 from ..progress import show_progress
 from ..runs import ModAddRun, train_modadd
 from ..sampling import coverage, stratified_pairs
 from ..sharpness import adam_preconditioner, adam_stability_threshold, hessian_extremes
 from ..spikes import Spike, loss_spikes, spike_statistics
-from ..stats import PhaseDifference, phase_difference
+from ..stats import PhaseDifference, declare_family, phase_difference, phase_error_rates, smallest_p
 from ..store import ResultStore
 from ..training import checkpoint_name, split_evaluator, train_full_batch_adamw
 
-__all__ = ["Config", "RunSpec", "main_run", "train_run", "train_runs_batched", "hessian_batch", "run_hessian_batch",
-           "checkpoint_steps", "window", "transition_picks", "refinement_steps", "refine_run", "recipe_label",
+__all__ = ["Config", "RunSpec", "main_run", "train_run", "hessian_batch", "run_hessian_batch",
+           "checkpoint_grid", "checkpoint_steps", "stop_rule", "control_steps", "run_cap", "run_outcome", "window",
+           "transition_picks", "refinement_steps", "refine_run", "recipe_label",
            "test_at_twice_memorised",
            "plateau_phases", "run_boundaries", "phase_masks", "matched_boundaries", "RecipeCurves", "RunAnalysis",
-           "analyse_run", "task", "compare_phases", "Result", "analysis_stores", "run", "plot_recipes",
+           "analyse_run", "task", "compare_phases", "declare_primary", "recipe_candidates", "Result",
+           "analysis_stores", "run", "plot_recipes",
            "plot_main_run", "plot_replication", "plot_progress_measures", "plot_spike", "plot_summary",
            "plot_spectrum_evolution", "plot_density", "plot_dendrograms", "dendrogram_gif", "plot_cluster_counts",
            "plot_gap_barcode", "plot_phases"]
@@ -70,6 +74,17 @@ QUANTITIES = {
     "gini_embedding": ("Gini of W_E's Fourier norms", False),
     "gini_unembedding": ("Gini of W_U's Fourier norms", False),
 }
+PRIMARY = (("lambda_max", "plateau", "transition"), ("spread", "plateau", "transition"),
+           ("entropy", "plateau", "transition"))
+"""The declared family of primary comparisons ``(quantity, first phase, second phase)``, fixed in this code before
+the replicate runs (init ``seed + i``, split ``split_seed + i``) were computed: does the scale (λ_max), the shape of
+the top (λ_max / λ_k) and the spread of the bulk (spectral entropy) of the Hessian spectrum change when test
+accuracy starts to climb? Holm's procedure controls the family-wise error over these at :data:`ALPHA`; every other
+comparison of :data:`QUANTITIES` × :data:`COMPARISONS` is exploratory (estimate and interval, no verdict word).
+Three members and :attr:`Config.n_replicates` = 7 runs: the smallest Holm-adjusted sign-flip p-value is
+3 · 2 / 2⁷ ≈ 0.047 <= 0.05 (:func:`hessian_book.stats.smallest_p`), so a verdict is possible; 6 runs could not
+give one."""
+ALPHA = 0.05  # the family-wise level of the phase verdicts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,18 +93,27 @@ class Config(ChapterConfig):
 
     Attributes:
         p, train_fraction: the task ``a + b mod p`` (p prime) and the share of all ``p²`` pairs trained on.
-        split_seed, seed: the reference run's split and initialisation (the run the other chapters read).
-        seeds: initialisations trained on ``split_seed`` (must contain ``seed``).
-        split_seeds: further splits, each trained from initialisation ``seed`` (must not contain ``split_seed``).
-        control_weight_decay: the control: the reference run's initialisation, split, model and budget with this
-            weight decay (0: no weight decay).
+        split_seed, seed: the reference run's split and initialisation (the run the other chapters read; it chose
+            the recipe, so it is not a replicate).
+        n_replicates: independent replicates of the recipe behind the phase verdicts: replicate ``i`` (1..n) has
+            initialisation ``seed + i`` *and* split ``split_seed + i``. The default, 7, is the fewest with which a
+            two-sided 5 % verdict survives Holm over :data:`PRIMARY` (see there).
+        control_weight_decay: the control: the reference run's initialisation, split and model with this weight
+            decay (0: no weight decay), trained as long as the longest run of the recipe (:func:`control_steps`).
         lr, betas, weight_decay, n_steps: full-batch AdamW (Nanda et al. 2023, except the weight decay).
         log_every: train/test curves are logged this often.
         d_model, n_heads, d_mlp: the model (``d_mlp=None``: attention only).
-        n_log_checkpoints, sparse_every: checkpoints of every run: 0, ``n_log_checkpoints`` log-spaced steps from 10
-            to ``n_steps`` (multiples of ``log_every`` once above it), and every ``sparse_every``.
+        n_log_checkpoints, log_grid_end, sparse_every: checkpoints of every run (:func:`checkpoint_steps`): 0,
+            ``n_log_checkpoints`` log-spaced steps from 10 to ``log_grid_end`` (multiples of ``log_every`` once
+            above it), every ``sparse_every``, and the run's end step. The grid does not depend on ``n_steps``, so
+            a run's store and schedule do not depend on its cap.
+        stop_min_margin, stop_fraction: the stop rule (:class:`hessian_book.outcomes.StopRule`): a run of the
+            recipe (and a recipe candidate) stops once test accuracy has held >= 95 % for ``max(stop_min_margin,
+            stop_fraction × g)`` steps after its generalisation step ``g``; ``n_steps`` stays the cap. The control
+            trains exactly as long as the longest run of the recipe (matched steps), without the rule.
         refine_every: each run's transition is re-run from its checkpoint before it, saving every ``refine_every``.
-        recipe_configs, recipe_steps: the recipe search, ``[d_model, n_heads, d_mlp, weight_decay]`` each.
+        recipe_configs, recipe_steps: the recipe search, ``[d_model, n_heads, d_mlp, weight_decay]`` each, trained
+            for ``recipe_steps``; the chosen recipe is added when absent (:func:`recipe_candidates`).
         hessian_samples: the Hessian's subsample of training pairs (stratified: every token and class; float64).
         lanczos_k, lanczos_tol, lanczos_block: eigenvalues at each end at every checkpoint, relative residual
             tolerance, block size.
@@ -100,7 +124,6 @@ class Config(ChapterConfig):
         spike_every, spike_span, spike_tol: the resolved loss spike of the reference run: a checkpoint every
             ``spike_every`` steps for ``spike_span`` steps from its start; sharpness to relative tolerance
             ``spike_tol`` on the full training set.
-        n_boot: bootstrap replicates of every phase comparison.
         scheduler: where the runs execute: ``None``/``""`` local processes, ``"serial"`` this process, or a Dask
             scheduler address ``tcp://host:port`` (:mod:`hessian_book.fanout`). The numbers do not depend on it.
     """
@@ -109,19 +132,19 @@ class Config(ChapterConfig):
         "full": {},
         # a tiny model for a few hundred steps, in a fresh temporary directory so CI always recomputes
         "smoke": dict(p=23, d_model=8, d_mlp=16, weight_decay=1.0, lr=3e-3, n_steps=300, log_every=10,
-                      seeds=[0, 1], split_seeds=[1], n_log_checkpoints=8, sparse_every=100, refine_every=20,
+                      n_replicates=2, n_log_checkpoints=8, log_grid_end=300, sparse_every=100, refine_every=20,
+                      stop_min_margin=50,
                       recipe_configs=[[8, 1, None, 1.0], [8, 1, 16, 0.1], [8, 1, 16, 0.3], [8, 1, 16, 1.0],
                                       [8, 1, 8, 0.5]],
-                      recipe_steps=100, hessian_samples=30, lanczos_k=3, lanczos_block=2, slq_probes=2,
-                      slq_steps=10, n_vectors=3, spike_span=40, n_boot=200, scheduler="serial", results_dir=""),
+                      recipe_steps=100, hessian_samples=30, lanczos_k=3, lanczos_tol=1e-6, lanczos_block=2, slq_probes=2,
+                      slq_steps=10, n_vectors=3, spike_span=40, scheduler="serial", results_dir=""),
     }
 
     p: int = 113
     train_fraction: float = 0.3
     split_seed: int = 0
     seed: int = 0
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    split_seeds: list = field(default_factory=lambda: [1, 2])
+    n_replicates: int = 7
     control_weight_decay: float = 0.0
     lr: float = 1e-3
     betas: list = field(default_factory=lambda: [0.9, 0.98])
@@ -132,7 +155,10 @@ class Config(ChapterConfig):
     d_mlp: int | None = 128
     weight_decay: float = 0.5
     n_log_checkpoints: int = 40
+    log_grid_end: int = 40000
     sparse_every: int = 4000
+    stop_min_margin: int = 2000
+    stop_fraction: float = 0.25
     refine_every: int = 250
     recipe_configs: list = field(default_factory=lambda: [[32, 1, None, 1.0], [32, 1, 128, 0.1],
                                                           [32, 1, 128, 0.3], [32, 1, 128, 1.0],
@@ -140,35 +166,37 @@ class Config(ChapterConfig):
     recipe_steps: int = 6000
     hessian_samples: int = 200
     lanczos_k: int = 6
-    lanczos_tol: float = 1e-6
+    # 1e-4 costs ~0.55x the HVPs of 1e-6 on this model (measured at steps 200-2,000: top six equal to 1e-16,
+    # lambda_min within 1.2e-3 relative); the smallest end, at the edge of a dense bulk, dominates the cost
+    lanczos_tol: float = 1e-4
     lanczos_block: int = 4
     slq_probes: int = 3
     slq_steps: int = 30
     n_vectors: int = 50
-    dense_picks: list = field(default_factory=lambda: ["before", "during", "after"])
+    # one dense P = 19,808 spectrum (~10 CPU-min at the reference speed): it validates Lanczos and SLQ and gives
+    # the exact dendrogram; each further pick costs as much again (issue 18: dense work only where needed)
+    dense_picks: list = field(default_factory=lambda: ["after"])
     transition_low: float = 0.5
     transition_high: float = 0.95
-    spike_every: int = 10
+    spike_every: int = 30  # each checkpoint: three Lanczos solves on the 3,831 training pairs
     spike_span: int = 300
     spike_tol: float = 1e-4
-    n_boot: int = 2000
     scheduler: str | None = None
 
     def validate(self) -> None:
         checks.prime("p", self.p)
         for name in ("n_steps", "log_every", "d_model", "n_heads", "sparse_every", "refine_every",
                      "recipe_steps", "hessian_samples", "lanczos_k", "lanczos_block", "slq_probes", "slq_steps",
-                     "n_vectors", "n_log_checkpoints", "spike_every", "spike_span", "n_boot"):
+                     "n_vectors", "n_log_checkpoints", "spike_every", "spike_span", "n_replicates", "log_grid_end",
+                     "stop_min_margin"):
             checks.positive_int(name, getattr(self, name))
+        for name in ("n_steps", "recipe_steps"):
+            if getattr(self, name) % self.log_every:
+                raise checks.ConfigError(f"{name}={getattr(self, name)} must be a multiple of log_every="
+                                         f"{self.log_every} (a cap is a logged step)")
+        _non_negative("stop_fraction", self.stop_fraction)
         checks.non_negative_int("split_seed", self.split_seed)
         checks.non_negative_int("seed", self.seed)
-        checks.int_list("seeds", self.seeds)
-        checks.int_list("split_seeds", self.split_seeds, non_empty=False)
-        if len(set(self.seeds)) != len(self.seeds) or self.seed not in self.seeds:
-            raise checks.ConfigError(f"seeds={self.seeds!r} must be distinct and contain seed={self.seed}")
-        if len(set(self.split_seeds)) != len(self.split_seeds) or self.split_seed in self.split_seeds:
-            raise checks.ConfigError(f"split_seeds={self.split_seeds!r} must be distinct and not contain "
-                                     f"split_seed={self.split_seed}")
         if self.n_log_checkpoints < 2:
             raise checks.ConfigError(f"n_log_checkpoints={self.n_log_checkpoints} must be >= 2")
         if self.spike_every > self.spike_span:
@@ -232,11 +260,11 @@ class Config(ChapterConfig):
                                      f"{n_params // 2} (half the parameters)")
 
     def runs(self) -> list[RunSpec]:
-        """The replication (initialisations on the reference split, then further splits) and the control last.
-        The first is the reference run."""
-        out = [RunSpec("grok", s, self.split_seed, self.weight_decay) for s in [self.seed] + [
-            s for s in self.seeds if s != self.seed]]
-        out += [RunSpec("grok", self.seed, s, self.weight_decay) for s in self.split_seeds]
+        """The reference run first, then the ``n_replicates`` independent replicates (replicate ``i``:
+        initialisation ``seed + i``, split ``split_seed + i``), the control last."""
+        out = [RunSpec("grok", self.seed, self.split_seed, self.weight_decay)]
+        out += [RunSpec("grok", self.seed + i, self.split_seed + i, self.weight_decay)
+                for i in range(1, self.n_replicates + 1)]
         return out + [RunSpec("control", self.seed, self.split_seed, self.control_weight_decay)]
 
 
@@ -269,40 +297,61 @@ class RunSpec:
 # Runs, checkpoints, transitions
 
 
-def checkpoint_steps(config: Config) -> list[int]:
-    """Every run's checkpoint schedule: 0, ``n_log_checkpoints`` log-spaced steps from 10 to ``n_steps`` (rounded
-    to multiples of ``log_every`` once above it, so the logged curve stays regular), every ``sparse_every``, and
-    ``n_steps``."""
+def checkpoint_grid(config: Config) -> list[int]:
+    """The fixed part of every run's checkpoint schedule: 0 and ``n_log_checkpoints`` log-spaced steps from 10 to
+    ``log_grid_end`` (rounded to multiples of ``log_every`` once above it, so the logged curve stays regular).
+    It does not depend on the cap ``n_steps`` (steps beyond a run's end are simply not reached), so neither does
+    the run's store."""
     c = config
-    raw = np.geomspace(10, c.n_steps, c.n_log_checkpoints) if c.n_steps > 10 else np.array([c.n_steps])
-    steps = {0, c.n_steps} | set(range(0, c.n_steps + 1, c.sparse_every))
+    raw = np.geomspace(10, c.log_grid_end, c.n_log_checkpoints) if c.log_grid_end > 10 else np.array([c.log_grid_end])
+    steps = {0}
     for s in raw:
         s = int(round(s))
         steps.add(int(round(s / c.log_every)) * c.log_every if s > c.log_every else s)
-    return sorted(s for s in steps if 0 <= s <= c.n_steps)
+    return sorted(steps)
+
+
+def checkpoint_steps(config: Config, end: int | None = None) -> list[int]:
+    """A run's checkpoint schedule up to its end step ``end`` (default: the cap ``n_steps``): the fixed grid
+    (:func:`checkpoint_grid`), every ``sparse_every`` and ``end`` itself (where the stop rule or the cap ended
+    the run; always saved)."""
+    c = config
+    end = c.n_steps if end is None else int(end)
+    steps = set(checkpoint_grid(c)) | set(range(0, end + 1, c.sparse_every)) | {end}
+    return sorted(s for s in steps if 0 <= s <= end)
+
+
+def stop_rule(config: Config) -> StopRule:
+    """The chapter's stop rule (:class:`hessian_book.outcomes.StopRule` with the 95 % threshold)."""
+    return StopRule(min_margin=config.stop_min_margin, fraction=config.stop_fraction)
+
+
+def control_steps(config: Config) -> int:
+    """The control's step budget: the end step of the longest run of the recipe (read from their stores, trained
+    if missing), rounded up to a multiple of ``log_every`` -- matched steps."""
+    ends = [train_run(config, s, progress=False).end_step for s in config.runs() if s.role == "grok"]
+    return -(-max(ends) // config.log_every) * config.log_every
+
+
+def run_cap(config: Config, spec: RunSpec) -> int:
+    """A run's step budget: ``n_steps`` for the recipe's runs; :func:`control_steps` for the control."""
+    return control_steps(config) if spec.role == "control" else config.n_steps
 
 
 def _training(config: Config, spec: RunSpec) -> dict:
-    """The arguments of :func:`hessian_book.runs.train_modadd` that key one run's store."""
+    """The arguments of :func:`hessian_book.runs.train_modadd` for one run (its store is keyed by all but the cap
+    ``n_steps`` and the rule ``stop``). The recipe's runs stop by the rule; the control trains to its cap."""
     c = config
     return dict(p=c.p, train_fraction=c.train_fraction, split_seed=spec.split_seed, seed=spec.seed,
                 d_model=c.d_model, n_heads=c.n_heads, d_mlp=c.d_mlp, lr=c.lr, weight_decay=spec.weight_decay,
-                betas=c.betas, n_steps=c.n_steps, log_every=c.log_every, checkpoint_steps=checkpoint_steps(c))
+                betas=c.betas, n_steps=run_cap(c, spec), log_every=c.log_every, checkpoint_steps=checkpoint_grid(c),
+                checkpoint_every=c.sparse_every, stop=None if spec.role == "control" else stop_rule(c))
 
 
 def train_run(config: Config, spec: RunSpec, *, progress: bool | None = None) -> ModAddRun:
-    """Train (or resume, or read) one run; keyed by its training parameters only."""
+    """Train (or resume, or read) one run; keyed by its training parameters only (not its cap)."""
     return train_modadd(config.results_dir, "grokking_modadd", **_training(config, spec), progress=progress,
                         desc=spec.label)
-
-
-def train_runs_batched(config: Config, specs: Sequence[RunSpec], *,
-                       progress: bool | None = None) -> list[ModAddRun]:
-    """Train (or resume, or read) several runs together (:func:`hessian_book.batched.train_modadd_batched`) into
-    the very stores :func:`train_run` reads, which then finds them complete (equal to float32 rounding to what it
-    would have trained itself)."""
-    return train_modadd_batched(config.results_dir, "grokking_modadd", [_training(config, s) for s in specs],
-                                progress=progress, desc=f"{len(specs)} runs, batched")
 
 
 def main_run(config: Config, *, progress: bool | None = None) -> ModAddRun:
@@ -335,10 +384,10 @@ def transition_picks(run: ModAddRun, config: Config) -> dict[str, int]:
     """The checkpoints picked around the transition: ``{"before", "during", "after", "final"}`` steps.
 
     ``before``/``during``/``after`` are :func:`hessian_book.curves.transition_checkpoints` of the run's checkpoint
-    schedule (:func:`checkpoint_steps`, saved in the run's own store) and :func:`window`; ``final`` is the last
-    checkpoint. The Fiedler chapter reads the same picks.
+    schedule (:func:`checkpoint_steps` up to its end step, saved in the run's own store) and :func:`window`;
+    ``final`` is the last checkpoint (the end step). The Fiedler chapter reads the same picks.
     """
-    checkpoints = checkpoint_steps(config)
+    checkpoints = list(run.checkpoint_steps)
     return {**transition_checkpoints(checkpoints, window(run, config)), "final": checkpoints[-1]}
 
 
@@ -369,7 +418,8 @@ def _refine_store(config: Config, run: ModAddRun, resume: int, steps: Sequence[i
 def _continue(run: ModAddRun, store: ResultStore, resume: int, steps: Sequence[int], *, log_steps: Sequence[int],
               progress: bool | None, desc: str) -> list[dict]:
     """Re-run ``run`` from its stored checkpoint ``resume`` to ``steps[-1]``, saving every step of ``steps`` into
-    ``store`` (full-batch AdamW is deterministic: the same trajectory)."""
+    ``store`` (full-batch AdamW is deterministic: the same trajectory, with the run's own step backend, which its
+    checkpoint's optimiser state names and checks)."""
     if not store.verified(checkpoint_name(resume)):
         state = run.store.load(checkpoint_name(resume))
         state = dict(state, log=[r for r in state["log"] if r["step"] <= resume])
@@ -380,7 +430,7 @@ def _continue(run: ModAddRun, store: ResultStore, resume: int, steps: Sequence[i
     return train_full_batch_adamw(model, *split["train"], store=store, n_steps=int(steps[-1]), checkpoint_steps=steps,
                                   lr=params["lr"], weight_decay=params["weight_decay"], betas=tuple(params["betas"]),
                                   log_steps=log_steps, evaluate=split_evaluator(split["train"], split["test"]),
-                                  progress=progress, desc=desc)
+                                  progress=progress, desc=desc, step_backend=params["step_backend"])
 
 
 def refine_run(config: Config, run: ModAddRun, *, progress: bool | None = None) -> tuple[ResultStore, list[int],
@@ -423,12 +473,13 @@ def plateau_phases(checkpoints: Sequence[int], memorised: int | None, window: di
                                   "after": (picks["after"], checkpoints[-1])}
 
 
-def run_boundaries(memorised: float | None, window: Mapping, n_steps: int) -> dict | None:
-    """A run's phase boundaries ``{"memorised", "start", "end", "stop"}`` from its own curve; ``None`` unless it
-    memorises and its transition both starts and ends."""
+def run_boundaries(memorised: float | None, window: Mapping, stop: int) -> dict | None:
+    """A run's phase boundaries ``{"memorised", "start", "end", "stop"}`` from its own curve, ``stop`` being its
+    end step (where the stop rule or the cap ended its training); ``None`` unless it memorises and its transition
+    both starts and ends."""
     if memorised is None or window.get("start") is None or window.get("end") is None:
         return None
-    return {"memorised": memorised, "start": window["start"], "end": window["end"], "stop": n_steps}
+    return {"memorised": memorised, "start": window["start"], "end": window["end"], "stop": stop}
 
 
 def phase_masks(steps: Sequence[int], boundaries: Mapping | None) -> dict[str, np.ndarray]:
@@ -452,9 +503,10 @@ def matched_boundaries(boundaries: Sequence[Mapping | None]) -> dict | None:
 
 
 def compare_phases(values: Sequence[Mapping[str, np.ndarray]], steps: Sequence[np.ndarray],
-                   boundaries: Sequence[Mapping | None], *, log: bool, n_boot: int, seed: int = 0
-                   ) -> dict[tuple[str, str], PhaseDifference]:
-    """:func:`hessian_book.stats.phase_difference` for each of :data:`COMPARISONS`, over runs.
+                   boundaries: Sequence[Mapping | None], *, log: bool) -> dict[tuple[str, str], PhaseDifference]:
+    """:func:`hessian_book.stats.phase_difference` for each of :data:`COMPARISONS`, over runs: each run's
+    difference of phase medians, a sign-flip p-value and a t-interval over the runs. The results are exploratory
+    until :func:`declare_primary` places the members of :data:`PRIMARY` in their family.
 
     Args:
         values: per run, the quantity at its checkpoints (``ndarray[T_r]``; non-positive values count as missing
@@ -472,7 +524,16 @@ def compare_phases(values: Sequence[Mapping[str, np.ndarray]], steps: Sequence[n
             v[v <= 0] = np.nan
         masks = phase_masks(s, b)
         per_run.append({name: v[mask] for name, mask in masks.items()})
-    return {(a, b): phase_difference(per_run, a, b, log=log, n_boot=n_boot, seed=seed) for a, b in COMPARISONS}
+    return {(a, b): phase_difference(per_run, a, b, log=log) for a, b in COMPARISONS}
+
+
+def declare_primary(diffs: Mapping[str, Mapping[tuple[str, str], PhaseDifference]]
+                    ) -> dict[str, dict[tuple[str, str], PhaseDifference]]:
+    """``diffs`` (quantity -> comparison -> difference) with Holm's adjustment over :data:`PRIMARY` at
+    :data:`ALPHA` (:func:`hessian_book.stats.declare_family`); the other comparisons stay exploratory."""
+    flat = {(q, a, b): d for q, by in diffs.items() for (a, b), d in by.items()}
+    flat = declare_family(flat, PRIMARY, alpha=ALPHA)
+    return {q: {(a, b): flat[q, a, b] for (a, b) in by} for q, by in diffs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -489,11 +550,11 @@ def test_at_twice_memorised(steps: Sequence[int], train_acc: Sequence[float],
                             test_acc: Sequence[float]) -> float | None:
     """Test accuracy (in %) at twice the memorisation step, linearly interpolated between logged steps.
 
-    Memorisation is the first logged step with train accuracy >= 99 % (:func:`hessian_book.curves.grokking_delay`).
+    Memorisation is the first logged step with train accuracy >= 99 % (:func:`hessian_book.outcomes.memorised_step`).
     Near the chance level if generalisation is delayed (a plateau), well above it if the run generalises soon
     after memorising. ``None`` if the run never memorises or the log ends before twice that step.
     """
-    memorised = grokking_delay(steps, train_acc, test_acc)["memorised"]
+    memorised = memorised_step(steps, train_acc)
     if memorised is None or 2 * memorised > np.asarray(steps)[-1]:
         return None
     return 100 * float(np.interp(2 * memorised, steps, test_acc))
@@ -505,16 +566,17 @@ def recipe_sentence(curve: "RecipeCurves", n_steps: int) -> str:
     """What one recipe candidate did within its budget, in words built from its curve (no undefined numbers)."""
     parts = [f"{curve.label}: final train accuracy {100 * curve.train_acc[-1]:.1f} %, test {100 * curve.test_acc[-1]:.1f} %"]
     if curve.memorised is None:
-        parts.append(f"train accuracy never reaches 99 % within {n_steps} steps")
+        parts.append(f"train accuracy never reaches 99 % within {n_steps:,} steps")
     else:
         parts.append(f"train accuracy reaches 99 % at step {curve.memorised}")
         if curve.generalised is None:
-            parts.append(f"test accuracy never reaches 95 % within {n_steps} steps")
+            parts.append(f"it does not generalise (test accuracy held >= 95 %) within {n_steps:,} steps")
         else:
-            parts.append(f"test accuracy reaches 95 % at step {curve.generalised} ({curve.ratio:.1f}× later)")
+            parts.append(f"it generalises (test accuracy held >= 95 %) from step {curve.generalised} "
+                         f"({curve.ratio:.1f}× later)")
         if curve.test2x is not None:
             parts.append(f"test accuracy at twice the memorisation step {curve.test2x:.1f} %")
-    parts.append("groks by the definition" if curve.groks else "does not grok by the definition")
+    parts.append(f"{'groks' if curve.groks else 'does not grok'} within {n_steps:,} steps by the definition")
     return "; ".join(parts) + "."
 
 
@@ -538,9 +600,9 @@ class RecipeCurves:
     Attributes:
         label: :func:`recipe_label` (``" (chosen)"`` appended for the main run).
         steps, train_acc, test_acc: ``ndarray[T]`` logged steps and accuracies in [0, 1].
-        memorised, generalised, ratio: :func:`hessian_book.curves.grokking_delay` (``None`` when not reached).
+        memorised, generalised, ratio, groks: :func:`hessian_book.outcomes.outcome` within the run's cap, with
+            its stop rule (``None`` when not reached).
         test2x: :func:`test_at_twice_memorised`.
-        groks: :func:`hessian_book.curves.groks`.
     """
 
     label: str
@@ -556,8 +618,29 @@ class RecipeCurves:
     @classmethod
     def of(cls, label: str, run: ModAddRun) -> RecipeCurves:
         steps, train, test = run.curve("step"), run.curve("train_acc"), run.curve("test_acc")
-        return cls(label=label, steps=steps, train_acc=train, test_acc=test, **grokking_delay(steps, train, test),
-                   test2x=test_at_twice_memorised(steps, train, test), groks=groks(steps, train, test))
+        o = run_outcome(run)
+        return cls(label=label, steps=steps, train_acc=train, test_acc=test, **o.delay(),
+                   test2x=test_at_twice_memorised(steps, train, test), groks=o.groks)
+
+
+def run_outcome(run: ModAddRun) -> Outcome:
+    """The run's :class:`hessian_book.outcomes.Outcome` within its cap, by its own stop rule's margin (the default
+    rule for a run without one, e.g. the control)."""
+    rule = StopRule(**run.params["stop"]) if run.params.get("stop") else StopRule()
+    return outcome(run.curve("step"), run.curve("train_acc"), run.curve("test_acc"), budget=run.params["n_steps"],
+                   rule=rule)
+
+
+def _chosen(config: Config) -> list:
+    return [config.d_model, config.n_heads, config.d_mlp, config.weight_decay]
+
+
+def recipe_candidates(config: Config) -> list[list]:
+    """The recipe search's candidates ``[d_model, n_heads, d_mlp, weight_decay]``: ``recipe_configs``, then the
+    chosen recipe (the chapter's model and weight decay) unless it is among them, so that the chosen recipe is
+    trained at the same budget (``recipe_steps``) as every candidate it was chosen over."""
+    candidates = [list(entry) for entry in config.recipe_configs]
+    return candidates if _chosen(config) in candidates else candidates + [_chosen(config)]
 
 
 def _recipe_run(config: Config, d_model: int, n_heads: int, d_mlp: int | None, weight_decay: float, *,
@@ -566,7 +649,7 @@ def _recipe_run(config: Config, d_model: int, n_heads: int, d_mlp: int | None, w
                         train_fraction=config.train_fraction, split_seed=config.split_seed, seed=config.seed,
                         d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, lr=config.lr, weight_decay=weight_decay,
                         betas=config.betas, n_steps=config.recipe_steps, log_every=config.log_every,
-                        checkpoint_steps=range(0, config.recipe_steps + 1, 1000), progress=progress,
+                        checkpoint_steps=[0], checkpoint_every=1000, stop=stop_rule(config), progress=progress,
                         desc=recipe_label(d_model, n_heads, d_mlp, weight_decay))
 
 
@@ -574,7 +657,7 @@ def _recipe_table(curves: Sequence[RecipeCurves], runs: Sequence[ModAddRun]) -> 
     rows = []
     for c, r in zip(curves, runs):
         size = n_parameters(ModAddTransformer(*(r.params[k] for k in ("p", "d_model", "n_heads", "d_mlp"))))
-        rows.append({"model": c.label, "parameters": size, "steps": r.params["n_steps"],
+        rows.append({"model": c.label, "parameters": size, "steps": r.params["n_steps"], "trained steps": r.end_step,
                      "train ≥ 99 % at": c.memorised, "test acc. at twice that step (%)": c.test2x,
                      "test ≥ 95 % at": c.generalised, "ratio": c.ratio,
                      "final test acc. (%)": 100 * float(c.test_acc[-1]), "groks": "yes" if c.groks else "no",
@@ -601,7 +684,7 @@ def analysis_stores(config: Config, run: ModAddRun) -> dict[str, ResultStore]:
     hessian = dict(run=run.store.key, hessian_samples=config.hessian_samples, subsample="stratified")
     return {"lanczos": ResultStore(config.results_dir, "grokking_modadd_lanczos",
                                    dict(hessian, k=config.lanczos_k, tol=config.lanczos_tol,
-                                        block=config.lanczos_block)),
+                                        block=config.lanczos_block, solver="warm")),
             "slq": ResultStore(config.results_dir, "grokking_modadd_slq",
                                dict(hessian, probes=config.slq_probes, steps=config.slq_steps)),
             "dense": ResultStore(config.results_dir, "grokking_modadd_dense",
@@ -615,7 +698,7 @@ class RunAnalysis:
     Attributes:
         spec: which run; run_key: its training store's key.
         curves: its log (``step, train_loss, train_acc, test_loss, test_acc``), the re-run transition merged in.
-        memorised, generalised, ratio, groks: :func:`hessian_book.curves.grokking_delay` and ``groks``.
+        memorised, generalised, ratio, groks: :func:`hessian_book.outcomes.outcome` within the run's cap.
         window: ``{"start", "end"}``; boundaries: :func:`run_boundaries` (``None`` without a full transition).
         plateau_level: median test accuracy (in [0, 1]) over the logged steps from memorisation to the
             transition's start (to the end of the run without one); NaN if it never memorises.
@@ -674,7 +757,10 @@ class RunAnalysis:
 def analyse_run(config: Config, spec: RunSpec, *, progress: bool | None = None) -> RunAnalysis:
     """Train (or read) one run, re-run its transition densely, and measure every checkpoint: Lanczos extremes and
     SLQ on its stratified Hessian subsample, and the progress measures. Everything is stored as it completes
-    (child stores keyed by the run's key), so a rerun reads it back and an interrupted one resumes."""
+    (child stores keyed by the run's key), so a rerun reads it back and an interrupted one resumes. Each
+    checkpoint's Lanczos starts from the previous checkpoint's Ritz vectors (:func:`hessian_core.warm_lanczos`,
+    same certified residual bound as a cold start); the vectors are not stored, so the first checkpoint computed
+    after one read from the store (e.g. a resumed analysis's first) starts cold."""
     c = config
     run = train_run(c, spec, progress=progress)
     refined = refine_run(c, run, progress=progress)
@@ -692,11 +778,19 @@ def analyse_run(config: Config, spec: RunSpec, *, progress: bool | None = None) 
     show = show_progress(progress)
     from tqdm.std import tqdm
 
-    extremes, densities = [], []
+    extremes, densities, ritz = [], [], None  # ritz: the last computed checkpoint's Ritz vectors (warm start)
     for step in tqdm(steps, desc=f"{spec.label}: Lanczos + SLQ", disable=not show, leave=False):
         model = model_at(step)
-        extremes.append(stores["lanczos"].cached(f"lanczos_{step:07d}", lambda: extreme_eigenvalues(
-            model, batch, k=c.lanczos_k, tol=c.lanczos_tol, block_size=c.lanczos_block, seed=spec.seed)))
+
+        def solve(start=ritz):
+            nonlocal ritz
+            result = extreme_eigenvalues(model, batch, k=c.lanczos_k, tol=c.lanczos_tol,
+                                         block_size=c.lanczos_block, seed=spec.seed, start=start)
+            ritz = result.vectors
+            return result.without_vectors()
+
+        ritz = None  # stays None if this step is read from the store
+        extremes.append(stores["lanczos"].cached(f"lanczos_{step:07d}", solve))
         densities.append(stores["slq"].cached(f"slq_{step:07d}", lambda: slq_density(
             model, batch, n_probes=c.slq_probes, n_steps=c.slq_steps, seed=spec.seed)))
     freqs = key_frequencies(mlp_activations(model_at(steps[-1]), c.p))
@@ -717,7 +811,8 @@ def analyse_run(config: Config, spec: RunSpec, *, progress: bool | None = None) 
     curves = pd.DataFrame([{k: log[s][k] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
                            for s in sorted(log)])
     s_, tr, te = run.curve("step"), run.curve("train_acc"), run.curve("test_acc")
-    delay = grokking_delay(s_, tr, te)
+    result = run_outcome(run)
+    delay = result.delay()
     win = window(run, c)
     if delay["memorised"] is None:
         plateau = float("nan")
@@ -725,8 +820,8 @@ def analyse_run(config: Config, spec: RunSpec, *, progress: bool | None = None) 
         inside = (s_ >= delay["memorised"]) & (s_ < (win["start"] if win["start"] is not None else np.inf))
         plateau = float(np.median(te[inside])) if inside.any() else float("nan")
     return RunAnalysis(
-        spec=spec, run_key=run.store.key, curves=curves, **delay, groks=groks(s_, tr, te), window=win,
-        boundaries=run_boundaries(delay["memorised"], win, c.n_steps), plateau_level=plateau,
+        spec=spec, run_key=run.store.key, curves=curves, **delay, groks=result.groks, window=win,
+        boundaries=run_boundaries(delay["memorised"], win, run.end_step), plateau_level=plateau,
         checkpoints=np.array(steps), refined=np.array(refine_steps, dtype=int),
         extremes=np.array([e.eigenvalues for e in extremes]), subsample_loss=np.array([e.loss for e in extremes]),
         lanczos_hvps=np.array([e.hvps for e in extremes]), slq_hvps=np.array([d.hvps for d in densities]),
@@ -774,8 +869,8 @@ def _fullset(config: Config, run: ModAddRun, step: int) -> dict:
 def spike_to_resolve(analysis: RunAnalysis, config: Config) -> Spike | None:
     """The first loss spike after the run memorises whose ``spike_span`` steps fit in the run (``None`` if none)."""
     after = analysis.memorised if analysis.memorised is not None else 0
-    return next((s for s in analysis.spikes if s.start >= after and s.start + config.spike_span <= config.n_steps),
-                None)
+    end = int(analysis.curves["step"].iloc[-1])  # the run's end step (its stop rule or its cap)
+    return next((s for s in analysis.spikes if s.start >= after and s.start + config.spike_span <= end), None)
 
 
 def _spike(config: Config, run: ModAddRun, start: int, *, progress: bool | None = False) -> list[dict]:
@@ -809,7 +904,7 @@ def _spike(config: Config, run: ModAddRun, start: int, *, progress: bool | None 
 def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None = False, **arguments: Any) -> dict:
     """One independent task of :func:`run` (module-level, so worker processes import it), with ``threads`` torch
     threads (restored afterwards): ``kind="run"`` (``spec=dict(role, seed, split_seed, weight_decay)``):
-    :func:`analyse_run`; ``"train"`` (``specs=[spec, ...]``): :func:`train_runs_batched`; ``"recipe"``
+    :func:`analyse_run`; ``"recipe"``
     (``entry=[d_model, n_heads, d_mlp, weight_decay]``): a recipe candidate; ``"dense"``/``"fullset"``
     (``step=``): the reference run's full spectrum or full-set top-k there; ``"spike"`` (``start=``): the
     resolved spike. Results go to the stores (atomic writes); the return value is a small summary."""
@@ -819,12 +914,7 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
         if kind == "run":
             analysis = analyse_run(config, RunSpec(**arguments["spec"]), progress=progress)
             return {"kind": kind, "label": analysis.label, "checkpoints": len(analysis.checkpoints),
-                    "groks": analysis.groks}
-        if kind == "train":
-            trained = train_runs_batched(config, [RunSpec(**spec) for spec in arguments["specs"]],
-                                         progress=progress)
-            return {"kind": kind, "labels": [RunSpec(**spec).label for spec in arguments["specs"]],
-                    "steps": [run.log[-1]["step"] for run in trained]}
+                    "groks": analysis.groks, "end_step": int(analysis.curves["step"].iloc[-1])}
         if kind == "recipe":
             recipe = _recipe_run(config, *arguments["entry"], progress=progress)
             return {"kind": kind, "label": recipe_label(*arguments["entry"]), "steps": recipe.params["n_steps"]}
@@ -837,7 +927,7 @@ def task(config: Config, kind: str, *, threads: int = 1, progress: bool | None =
                     "hvps": _fullset(config, reference, arguments["step"])["hvps"]}
         if kind == "spike":
             return {"kind": kind, "n": len(_spike(config, reference, arguments["start"], progress=progress))}
-        raise ValueError(f"kind={kind!r} must be 'run', 'train', 'recipe', 'dense', 'fullset' or 'spike'")
+        raise ValueError(f"kind={kind!r} must be 'run', 'recipe', 'dense', 'fullset' or 'spike'")
     finally:
         torch.set_num_threads(previous)
 
@@ -863,15 +953,26 @@ def _fmt(x: float, log: bool) -> str:
     return f"×{x:.3g}" if log else f"{x:+.3g}"
 
 
+def _p(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.2g}"
+
+
 def verdict_sentence(title: str, diffs: Mapping[tuple[str, str], PhaseDifference], log: bool) -> str:
-    """``"<title> rises from the plateau to the transition (×2.1, 95 % interval ×1.5 to ×3.0 over 5 runs), …"``:
-    each comparison's direction word from its interval (:meth:`PhaseDifference.direction`)."""
+    """``"<title> rises from the plateau to the transition (×2.1, 95 % interval ×1.5 to ×3.0, p = 0.016,
+    Holm-adjusted 0.047, over 7 runs); changes from … (exploratory, no verdict)"``: a primary comparison's word
+    from its Holm-adjusted p-value and interval (:meth:`PhaseDifference.direction`); an exploratory one is shown
+    with its estimate and interval only."""
     parts = []
     for (a, b), d in diffs.items():
         est, low, high = _change(d, log)
-        parts.append(f"{d.direction()} from {'the ' if a != 'after' else ''}{a} to "
-                     f"{'the ' + b if b != 'after' else 'after it'} ({_fmt(est, log)}, 95 % interval "
-                     f"{_fmt(low, log)} to {_fmt(high, log)} over {d.n_seeds} runs)")
+        where = f"from {'the ' if a != 'after' else ''}{a} to {'the ' + b if b != 'after' else 'after it'}"
+        numbers = f"{_fmt(est, log)}, 95 % interval {_fmt(low, log)} to {_fmt(high, log)}, p = {_p(d.p_value)}"
+        if d.primary:
+            parts.append(f"{d.direction()} {where} ({numbers}, Holm-adjusted {_p(d.p_adjusted)}, over "
+                         f"{d.n_runs} runs)")
+        else:
+            parts.append(f"changes {where} by {numbers} unadjusted, over {d.n_runs} runs (exploratory, no "
+                         "verdict)")
     return f"{title} " + "; ".join(parts[:-1]) + "; and " + parts[-1]
 
 
@@ -884,13 +985,15 @@ class Result:
 
     Attributes:
         config, main_label, n_params: the configuration, the model's :func:`recipe_label` and parameter count.
-        recipes, recipe_curves: the recipe table and curves (``recipe_configs`` in order, then the reference run).
+        recipes: the recipe table, every candidate of :func:`recipe_candidates` at ``recipe_steps`` (the chosen
+            recipe among them); recipe_curves: their curves, then the reference run's.
         runs: :class:`RunAnalysis` of each run.
         checkpoints, window, picks, dense_picked, memorised_checkpoint, phases, extremes, subsample_loss,
             lanczos_hvps, densities, slq, full, full_stats, shape, by_phase, phase_table, full_table,
             lanczos_error, slq_error, lanczos_dir: the reference run's spectra (as in the single-run chapter).
         replication: one row per run (events, plateau level, final accuracy, groks, spikes).
-        diffs: quantity -> comparison -> :class:`PhaseDifference` over the grokking runs, each in its own phases.
+        diffs: quantity -> comparison -> :class:`PhaseDifference` over the replicates that grok, each in its own
+            phases; the members of :data:`PRIMARY` carry Holm-adjusted p-values, the rest are exploratory.
         matched: the same at the matched (median) boundaries; control: the control's differences there.
         matched_steps: the matched boundaries (``None`` if no run has a transition).
         verdicts: the table of ``diffs`` with the control's change at matched steps.
@@ -952,8 +1055,14 @@ class Result:
 
     @property
     def grok_runs(self) -> list[RunAnalysis]:
-        """The runs of the recipe (not the control)."""
+        """The runs of the recipe (the reference run and the replicates; not the control)."""
         return [r for r in self.runs if r.spec.role == "grok"]
+
+    @property
+    def replicates(self) -> list[RunAnalysis]:
+        """The independent replicates (:attr:`Config.n_replicates`; not the reference run, which chose the
+        recipe)."""
+        return self.grok_runs[1:]
 
     @property
     def control_run(self) -> RunAnalysis:
@@ -961,8 +1070,8 @@ class Result:
 
     @property
     def grokking(self) -> list[RunAnalysis]:
-        """The runs of the recipe that grok (the phase comparisons use these)."""
-        return [r for r in self.grok_runs if r.groks and r.boundaries is not None]
+        """The replicates that grok (the phase comparisons use these)."""
+        return [r for r in self.replicates if r.groks and r.boundaries is not None]
 
     @property
     def curves(self) -> pd.DataFrame:
@@ -993,13 +1102,13 @@ class Result:
         """Every number and word the chapter's prose glues, by glue name."""
         c, k = self.config, self.config.lanczos_k
         out: dict[str, Any] = {}
-        for i, r in enumerate(self.recipe_curves):  # recipe_configs in order, then the main run
+        steps_of = [c.recipe_steps] * (len(self.recipe_curves) - 1) + [c.n_steps]
+        for i, (r, budget) in enumerate(zip(self.recipe_curves, steps_of)):  # the candidates, then the main run
             out.update({f"recipe{i}_train": 100 * r.train_acc[-1], f"recipe{i}_test": 100 * r.test_acc[-1],
                         f"recipe{i}_memorised": _nan(r.memorised), f"recipe{i}_generalised": _nan(r.generalised),
                         f"recipe{i}_ratio": _nan(r.ratio), f"recipe{i}_test2x": _nan(r.test2x),
-                        f"recipe{i}_groks": "groks" if r.groks else "does not grok",
+                        f"recipe{i}_groks": _groks_within(r.groks, budget),
                         f"recipe{i}_label": r.label})
-        steps_of = [c.recipe_steps] * (len(self.recipe_curves) - 1) + [c.n_steps]
         out["recipe_sentences"] = " ".join(recipe_sentence(r, n) for r, n in zip(self.recipe_curves, steps_of))
         main = self.main
         out.update(memorised=_nan(main.memorised), generalised=_nan(main.generalised), ratio=_nan(main.ratio),
@@ -1013,9 +1122,12 @@ class Result:
                    n_checkpoints=len(self.checkpoints), main_label=self.main_label,
                    n_schedule=len(checkpoint_steps(c)), n_refined=len(self.reference.refined),
                    refine_every=c.refine_every, n_log_checkpoints=c.n_log_checkpoints, sparse_every=c.sparse_every,
-                   grokked="groks" if main.groks else "does not grok", transition_low=100 * c.transition_low,
-                   transition_high=100 * c.transition_high, n_recipes=len(self.recipe_curves),
-                   n_recipes_grokking=sum(r.groks for r in self.recipe_curves), pick_final=self.picks["final"],
+                   grokked=_groks_within(main.groks, c.n_steps), transition_low=100 * c.transition_low,
+                   main_end_step=int(main.steps[-1]), log_grid_end=c.log_grid_end,
+                   main_stopped=("stopped by the rule" if int(main.steps[-1]) < c.n_steps else
+                                 "trained to the cap"),
+                   transition_high=100 * c.transition_high, n_recipes=len(self.recipe_curves) - 1,
+                   n_recipes_grokking=sum(r.groks for r in self.recipe_curves[:-1]), pick_final=self.picks["final"],
                    dense_list=", ".join(f"step {step} ({key})" for key, step in self.dense_picked.items()),
                    lanczos_error=self.lanczos_error, slq_trace_error=100 * self.slq_error["trace"],
                    slq_entropy_error=100 * self.slq_error["spectral_entropy"],
@@ -1035,6 +1147,11 @@ class Result:
         lmax = self.extremes[:, -1]
         ok = (lmax > 0) & (self.subsample_loss > 0)
         out["corr_lmax_loss"] = np.corrcoef(np.log(lmax[ok]), np.log(self.subsample_loss[ok]))[0, 1]
+        corr = np.array([_log_correlation(r.extremes[:, -1], r.subsample_loss) for r in self.replicates])
+        corr = corr[np.isfinite(corr)]
+        out["corr_runs_text"] = (f"median {np.median(corr):.2f}, range {corr.min():.2f} to {corr.max():.2f} over "
+                                 f"{len(corr)} replicate{'s' * (len(corr) != 1)}" if len(corr)
+                                 else "not defined in any replicate")
         after = self.subsample_loss[self.checkpoints >= self.memorised_checkpoint]
         out["loss_span"] = np.log10(after.max() / after.min())
         out["memorised_ckpt"] = self.memorised_checkpoint
@@ -1045,6 +1162,10 @@ class Result:
             out[f"full_{label}_small"] = 100 * np.mean(np.abs(lam) < 1e-6 * lam[-1])
             out[f"full_{label}_top10"] = 100 * np.sort(np.abs(lam))[-10:].sum() / np.abs(lam).sum()
             out[f"full_{label}_l4"] = lam[-4] / lam[-1]
+        out["full_picks_text"] = "; ".join(
+            f"at step {step} ({label}) the fourth-largest eigenvalue is {out[f'full_{label}_l4']:.2f} λ_max, the "
+            f"effective rank exp(S) of the whole spectrum is {out[f'full_{label}_effrank']:.0f} and the ten largest "
+            f"|λ| carry {out[f'full_{label}_top10']:.0f} % of the total |λ|" for label, step in self.dense_picked.items())
         out["full_small_list"] = ", ".join(f"{out[f'full_{label}_small']:.0f} % ({label}, step {step})"
                                            for label, step in self.dense_picked.items())
         out.update(self._glued_replication())
@@ -1055,12 +1176,25 @@ class Result:
         return out
 
     def _glued_replication(self) -> dict[str, Any]:
-        c, runs = self.config, self.grok_runs
-        out: dict[str, Any] = dict(n_runs=len(runs), n_grok=len(self.grokking), n_init=len(c.seeds),
-                                   n_splits=len(c.split_seeds), seed=c.seed, split_seed=c.split_seed,
-                                   seeds_list=", ".join(map(str, c.seeds)),
-                                   split_seeds_list=", ".join(map(str, c.split_seeds)) or "none",
+        c, runs = self.config, self.replicates
+        out: dict[str, Any] = dict(n_runs=len(runs), n_grok=len(self.grokking), seed=c.seed,
+                                   split_seed=c.split_seed, n_replicates=c.n_replicates,
+                                   replicates_list=", ".join(r.label for r in runs),
                                    k_of_n=f"{len(self.grokking)} of {len(runs)}")
+        m, n = len(PRIMARY), c.n_replicates
+        fewest = next((k for k in range(1, 64) if smallest_p(k, m) <= ALPHA), None)
+        if n < fewest:
+            why = (f"with {n} replicate{'s' * (n != 1)} the smallest Holm-adjusted p-value is "
+                   f"{smallest_p(n, m):.2g} > {ALPHA}, so "
+                   f"no verdict is possible at this setting ({fewest} replicates would be needed).")
+        else:
+            spare = n - fewest
+            why = (f"with {n} replicates that grok it is {smallest_p(n, m):.2g} ≤ {ALPHA}, with {fewest - 1} it "
+                   "would "
+                   f"be {smallest_p(fewest - 1, m):.2g} > {ALPHA}; so {fewest} is the fewest replicates with which a "
+                   "verdict is possible, and " + ("a verdict needs every replicate to grok." if not spare else
+                                                  f"up to {spare} replicate(s) may fail to grok."))
+        out["replicates_why"] = why[0].upper() + why[1:]
         for name, values in (("memorised", [r.memorised for r in runs]), ("generalised", [r.generalised for r in runs]),
                              ("delay", [r.ratio for r in runs]),
                              ("plateau", [100 * r.plateau_level for r in runs]),
@@ -1071,18 +1205,19 @@ class Result:
             for stat, f in (("median", np.median), ("min", np.min), ("max", np.max)):
                 out[f"{name}_{stat}"] = float(f(x)) if len(x) else float("nan")
         if out["memorised_n"] == 0:
-            out["replication_sentence"] = (f"No run reaches 99 % train accuracy within {c.n_steps} steps, so no "
+            out["replication_sentence"] = (f"No replicate reaches 99 % train accuracy within {c.n_steps:,} steps, "
+                                           "so no "
                                            "memorisation or generalisation step, delay ratio or plateau is defined.")
         else:
-            sentence = (f"Across the runs, train accuracy first reaches 99 % at a median step "
+            sentence = (f"Across the replicates, train accuracy first reaches 99 % at a median step "
                         f"{out['memorised_median']:.0f} (range {out['memorised_min']:.0f}–{out['memorised_max']:.0f}, "
                         f"in {out['memorised_n']} of {len(runs)} runs)")
             if out["generalised_n"]:
-                sentence += (f", test accuracy reaches 95 % at a median step {out['generalised_median']:.0f} "
+                sentence += (f", test accuracy holds >= 95 % from a median step {out['generalised_median']:.0f} "
                              f"({out['generalised_min']:.0f}–{out['generalised_max']:.0f}, in "
                              f"{out['generalised_n']} runs)")
             else:
-                sentence += ", and test accuracy never reaches 95 %"
+                sentence += f", and none generalises (test accuracy held >= 95 %) within {c.n_steps:,} steps"
             if out["delay_n"]:
                 sentence += (f", and the delay ratio has median {out['delay_median']:.1f} "
                              f"({out['delay_min']:.1f}–{out['delay_max']:.1f})")
@@ -1095,11 +1230,16 @@ class Result:
                              f"{100 / c.p:.2f} %, by more than three binomial standard errors on the test pairs).")
             out["replication_sentence"] = sentence
         missing = [r for r in runs if not r.groks]
-        out["not_grokking"] = ("Every run groks." if not missing else
+        out["not_grokking"] = ("Every replicate groks." if not missing else
                                "Not grokking by the definition: " + "; ".join(
-                                   f"{r.label} ({_why_not(r)})" for r in missing) + ".")
+                                   f"{r.label} ({_why_not(r, c.n_steps)})" for r in missing) + ".")
         ctrl = self.control_run
-        out.update(control_wd=ctrl.spec.weight_decay, control_groks="groks" if ctrl.groks else "does not grok",
+        control_budget = int(ctrl.curves["step"].iloc[-1])  # matched: the longest run of the recipe
+        ends = [int(r.curves["step"].iloc[-1]) for r in self.grok_runs]
+        out.update(control_n_steps=control_budget, stop_min_margin=c.stop_min_margin,
+                   stop_fraction_pct=100 * c.stop_fraction, n_stopped_by_rule=sum(e < c.n_steps for e in ends),
+                   n_grok_runs=len(ends), end_step_min=min(ends), end_step_max=max(ends))
+        out.update(control_wd=ctrl.spec.weight_decay, control_groks=_groks_within(ctrl.groks, control_budget),
                    control_final_test=100 * ctrl.curves["test_acc"].iloc[-1],
                    control_final_train=100 * ctrl.curves["train_acc"].iloc[-1],
                    control_memorised=_nan(ctrl.memorised), control_plateau=100 * ctrl.plateau_level,
@@ -1116,30 +1256,51 @@ class Result:
         out["matched_steps"] = ("no run has a complete transition, so there are no matched steps" if m is None else
                                 f"memorised at step {m['memorised']:.0f}, transition from step {m['start']:.0f} "
                                 f"to {m['end']:.0f}")
+        floor = smallest_p(n, len(PRIMARY))
+        judged = n >= 2 and floor <= ALPHA
+        out.update(n_primary=len(PRIMARY), alpha=ALPHA, p_floor=floor,
+                   primary_list="; ".join(f"{QUANTITIES[q][0]} from the {a} to the {b}" for q, a, b in PRIMARY))
         if n < 2:
-            why = ("no run of the recipe groks" if n == 0 else "only one run of the recipe groks")
-            out["verdict_note"] = (f"{why.capitalize()} (the smoke preset's tiny model does not), so there is no "
-                                   "interval over runs and no verdict below." if self.config.preset == "smoke" else
-                                   f"{why.capitalize()}, so there is no interval over runs and no verdict below.")
+            why = "no replicate groks" if n == 0 else "only one replicate groks"
+            smoke = " (the smoke preset's tiny model does not)" if self.config.preset == "smoke" and n == 0 else ""
+            out["verdict_note"] = (f"{why.capitalize()}{smoke}, so there is no interval over runs and no verdict "
+                                   "below.")
+        elif not judged:
+            out["verdict_note"] = (f"{n} of the {len(self.replicates)} replicates grok; with {n} runs the smallest "
+                                   f"Holm-adjusted sign-flip p-value over the family of {len(PRIMARY)} is "
+                                   f"{floor:.2g} > {ALPHA}, so no verdict is possible: every comparison below is "
+                                   "shown with its estimate and interval only.")
         else:
-            out["verdict_note"] = (f"Each statement below is computed from the {n} runs that grok, each in its own "
-                                   "phases; its direction word is read off the 95 % interval.")
+            out["verdict_note"] = (f"Each statement below is computed from the {n} replicates that grok, each in its "
+                                   f"own phases (the smallest Holm-adjusted p-value {n} runs can give is "
+                                   f"{floor:.2g}).")
         clear = outside = 0
         for q, (title, log) in QUANTITIES.items():
-            diffs = self.diffs[q]
+            diffs = self.diffs[q] if judged else {k: replace(d, family_size=0) for k, d in self.diffs[q].items()}
             out[f"verdict_{q}"] = (verdict_sentence(title, diffs, log) + "." if n >= 2 else
-                                   f"{title}: no verdict (fewer than two runs grok).")
+                                   f"{title}: no verdict (fewer than two replicates grok).")
             for (a, b), d in diffs.items():
                 est, low, high = _change(d, log)
                 key = f"{q}_{a}_{b}"
-                out.update({f"{key}_word": d.direction() if n >= 2 else "has no verdict", f"{key}_est": est,
-                            f"{key}_low": low, f"{key}_high": high})
-                if n >= 2 and d.direction() != "shows no clear change":
+                word = d.direction() if n >= 2 else "has no verdict"
+                out.update({f"{key}_word": word, f"{key}_est": est, f"{key}_low": low, f"{key}_high": high,
+                            f"{key}_p": d.p_value, f"{key}_padj": d.p_adjusted})
+                if d.primary and word in ("rises", "falls"):
                     clear += 1
                     ctrl = self.control[q][(a, b)]
                     if not d.low <= ctrl.estimate <= d.high:
                         outside += 1
         out.update(n_clear=clear, n_clear_outside=outside, n_comparisons=len(QUANTITIES) * len(COMPARISONS))
+        n_sim_runs = n if n >= 2 else max(2, self.config.n_replicates)  # the runs used, or those planned
+        rates = _phase_rates(n_sim_runs, len(PRIMARY))
+        out.update({f"sim_{key}": 100 * value if key not in ("effect", "n_sim") else value
+                    for key, value in rates.items()})  # rates in %
+        out["sim_runs"] = n_sim_runs
+        out["control_sentence"] = (
+            "No primary comparison has a verdict, so none is set against the control." if not clear else
+            f"Of the {clear} primary comparisons with a verdict, the control's change between the matched steps lies "
+            f"outside the replicates' 95 % interval for {outside} and inside it for {clear - outside} (the control "
+            "is one run: its change has no interval of its own).")
         return out
 
     def _glued_subsample(self) -> dict[str, Any]:
@@ -1211,14 +1372,36 @@ class Result:
         return out
 
 
-def _why_not(r: RunAnalysis) -> str:
+@functools.lru_cache(maxsize=8)
+def _phase_rates(n_runs: int, family_size: int) -> dict[str, float]:
+    """:func:`hessian_book.stats.phase_error_rates` at :data:`ALPHA` (deterministic, so cached)."""
+    return phase_error_rates(n_runs, family_size, alpha=ALPHA)
+
+
+def _log_correlation(lam_max: np.ndarray, loss: np.ndarray) -> float:
+    """Pearson correlation of log λ_max and log loss over the checkpoints where both are positive (NaN with
+    fewer than three)."""
+    ok = (lam_max > 0) & (loss > 0)
+    if ok.sum() < 3:
+        return float("nan")
+    return float(np.corrcoef(np.log(lam_max[ok]), np.log(loss[ok]))[0, 1])
+
+
+def _why_not(r: RunAnalysis, n_steps: int) -> str:
+    """Why a run does not grok within its budget ``n_steps`` (:mod:`hessian_book.outcomes`)."""
     if r.memorised is None:
-        return "never reaches 99 % train accuracy"
+        return f"does not reach 99 % train accuracy within {n_steps:,} steps"
     if r.generalised is None:
-        return f"test accuracy never reaches 95 % (final {100 * r.curves['test_acc'].iloc[-1]:.1f} %)"
-    if r.ratio is not None and r.ratio < 5:
+        return (f"does not generalise (test accuracy held >= 95 %) within {n_steps:,} steps (final "
+                f"{100 * r.curves['test_acc'].iloc[-1]:.1f} %)")
+    if r.ratio is not None and r.ratio < GROKS_RATIO:
         return f"generalises only {r.ratio:.1f}× after memorising"
-    return f"final test accuracy {100 * r.curves['test_acc'].iloc[-1]:.1f} %"
+    return f"memorised at step {r.memorised}, so no delay ratio"
+
+
+def _groks_within(groks: bool, n_steps: int) -> str:
+    """``"groks within 40,000 steps"`` / ``"does not grok within 40,000 steps"``: every outcome names its budget."""
+    return f"{'groks' if groks else 'does not grok'} within {n_steps:,} steps"
 
 
 def _nan(value: float | None) -> float:
@@ -1244,14 +1427,20 @@ def _replication_table(runs: Sequence[RunAnalysis]) -> pd.DataFrame:
 
 
 def _verdict_table(diffs: Mapping, control: Mapping, n_grokking: int) -> pd.DataFrame:
+    """One row per quantity and comparison: runs, estimate and 95 % t-interval (a factor for log quantities),
+    sign-flip p-value, Holm-adjusted p-value (primary comparisons), role (primary or exploratory), the verdict
+    word (primary only, when a verdict is possible with ``n_grokking`` runs) and the control's change at the
+    matched steps."""
+    judged = n_grokking >= 2 and smallest_p(n_grokking, len(PRIMARY)) <= ALPHA
     rows = []
     for q, (title, log) in QUANTITIES.items():
         for (a, b), d in diffs[q].items():
             est, low, high = _change(d, log)
             ctrl = _change(control[q][(a, b)], log)[0]
-            rows.append({"quantity": title, "change": f"{a} → {b}", "runs": d.n_seeds,
-                         "estimate": est, "95 % low": low, "95 % high": high,
-                         "direction": d.direction() if n_grokking >= 2 else "no verdict",
+            rows.append({"quantity": title, "change": f"{a} → {b}", "runs": d.n_runs,
+                         "estimate": est, "95 % low": low, "95 % high": high, "p (sign-flip)": d.p_value,
+                         "p (Holm, family)": d.p_adjusted, "role": "primary" if d.primary else "exploratory",
+                         "verdict": d.direction(exploratory="–") if judged else "no verdict",
                          "control at matched steps": ctrl, "scale": "factor" if log else "difference"})
     return pd.DataFrame(rows).set_index(["quantity", "change"])
 
@@ -1271,17 +1460,8 @@ def _fullset_table(config: Config, reference: RunAnalysis, fullset: Mapping[str,
         columns=["step", "λ_max ratio", "top-k ratio min", "top-k ratio max"])
 
 
-def run(config: Config, *, progress: bool | None = None, batch_runs: bool = False) -> Result:
+def run(config: Config, *, progress: bool | None = None) -> Result:
     """Compute the chapter (every step is stored as it completes, so an interrupted run resumes).
-
-    ``batch_runs=False`` trains each run alone inside its analysis task; ``True`` trains the runs of
-    :meth:`Config.runs` first, together (:func:`train_runs_batched`: one vectorised forward/backward per step, two
-    tasks of half the runs each, next to the recipe candidates), then analyses them. The numbers agree to float32
-    rounding (the same stores), so this is not a parameter of the chapter. It is off because on this project's
-    2-core CPU it is slower (``benchmarks/bench_batched_training.py``, idle machine: one step of all six runs takes
-    ~94 ms as two one-thread processes training single runs, the default, against ~120 ms as two one-thread
-    batches of three and ~126 ms as one two-thread batch of six); it may pay where one step of one run leaves
-    the hardware idle (a GPU).
 
     The runs of the replication and the control and the recipe candidates are independent tasks (:func:`task`)
     on ``config.scheduler`` (the long runs first, so that two workers stay busy to the end); then the reference
@@ -1292,56 +1472,57 @@ def run(config: Config, *, progress: bool | None = None, batch_runs: bool = Fals
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(config, progress=progress, batch_runs=batch_runs)
+        return _run(config, progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(config: Config, *, progress: bool | None, batch_runs: bool) -> Result:
+def _run(config: Config, *, progress: bool | None) -> Result:
     started = time.perf_counter()
     show = show_progress(progress)
     c, k = config, config.lanczos_k
     serial = c.scheduler == "serial"
     specs = c.runs()
+    # The control trains exactly as long as the longest run of the recipe (run_cap), known once those have
+    # trained: it is a task of the second round, beside the reference run's dense work.
+    grok_specs = [s for s in specs if s.role == "grok"]
+    later_specs = [s for s in specs if s.role != "grok"]
     workers: list[str] = []
     tasks_started = time.perf_counter()
     first_tasks = [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
-                   for s in specs]
-    recipe_tasks = [dict(config=c, kind="recipe", entry=list(entry), progress=False) for entry in c.recipe_configs]
-    if batch_runs:
-        # the runs are trained first, in two batches (one per worker process, like every other task here),
-        # next to the recipe candidates; the analysis tasks then find them in their stores
-        groups = [specs[:(len(specs) + 1) // 2], specs[(len(specs) + 1) // 2:]]
-        training = [dict(config=c, kind="train", specs=[vars(s).copy() for s in group],
-                         progress=progress if serial else False) for group in groups if group]
-        workers += [r.worker for r in run_tasks(task, training + recipe_tasks, scheduler=c.scheduler,
-                                                desc="training", progress=show)]
-    else:
-        first_tasks += recipe_tasks
+                   for s in grok_specs]
+    recipe_tasks = [dict(config=c, kind="recipe", entry=list(entry), progress=False)
+                    for entry in recipe_candidates(c)]
+    first_tasks += recipe_tasks
     first = run_tasks(task, first_tasks, scheduler=c.scheduler, desc="runs", progress=show)
     workers += [r.worker for r in first]
-    recipe_runs = [_recipe_run(c, *entry, progress=False) for entry in c.recipe_configs]  # read back
+    recipe_runs = [_recipe_run(c, *entry, progress=False) for entry in recipe_candidates(c)]  # read back
     main = main_run(c, progress=False)
-    runs = [analyse_run(c, s, progress=False) for s in specs]
-    reference = runs[0]
+    grok_analyses = [analyse_run(c, s, progress=False) for s in grok_specs]
+    reference = grok_analyses[0]
     win = window(main, c)
     picks = transition_picks(main, c)
     dense_picked = {key: picks[key] for key in c.dense_picks}
     dense_steps = sorted(set(dense_picked.values()))
     spike = spike_to_resolve(reference, c)
-    second = [dict(config=c, kind="dense", step=s) for s in dense_steps]
+    second = [dict(config=c, kind="run", spec=vars(s).copy(), progress=progress if serial else False)
+              for s in later_specs]
+    second += [dict(config=c, kind="dense", step=s) for s in dense_steps]
     second += [dict(config=c, kind="fullset", step=s) for s in dense_steps]
     if spike is not None:
         second.append(dict(config=c, kind="spike", start=spike.start))
     workers += [r.worker for r in run_tasks(task, second, scheduler=c.scheduler, desc="reference run",
                                             progress=show)]
     tasks_seconds = time.perf_counter() - tasks_started
+    runs = grok_analyses + [analyse_run(c, s, progress=False) for s in later_specs]  # specs' order
     dense = {s: _dense(c, main, s) for s in dense_steps}
     fullset = {pick: (step, _fullset(c, main, step)) for pick, step in dense_picked.items()}
     spike_records = _spike(c, main, spike.start) if spike is not None else []
 
     main_label = recipe_label(c.d_model, c.n_heads, c.d_mlp, c.weight_decay)
-    labels = [recipe_label(*entry) for entry in c.recipe_configs] + [main_label + " (reference run)"]
+    chosen = recipe_candidates(c).index(_chosen(c))
+    labels = [recipe_label(*entry) + (" (chosen)" if i == chosen else "")
+              for i, entry in enumerate(recipe_candidates(c))] + [main_label + " (reference run)"]
     recipe_curves = [RecipeCurves.of(label, r) for label, r in zip(labels, recipe_runs + [main])]
 
     checkpoints = list(reference.checkpoints)
@@ -1376,19 +1557,20 @@ def _run(config: Config, *, progress: bool | None, batch_runs: bool) -> Result:
                                 **{name: full_stats[step][name] for name in keys}}
                                for key, step in dense_picked.items()]).set_index("full spectrum at")
 
-    # phase comparisons: the grokking runs in their own phases, and at the matched (median) boundaries with the
-    # control
-    grok = [r for r in runs if r.spec.role == "grok" and r.groks and r.boundaries is not None]
+    # phase comparisons: the replicates that grok (runs[0] is the reference run, which chose the recipe, and
+    # runs[-1] the control), in their own phases, and at the matched (median) boundaries with the control
+    grok = [r for r in runs[1:-1] if r.spec.role == "grok" and r.groks and r.boundaries is not None]
     matched_steps = matched_boundaries([r.boundaries for r in grok])
     control_run = runs[-1]
     diffs, matched, control = {}, {}, {}
     for q, (_, log) in QUANTITIES.items():
         values = [r.quantities()[q] for r in grok]
         steps_of = [r.checkpoints for r in grok]
-        diffs[q] = compare_phases(values, steps_of, [r.boundaries for r in grok], log=log, n_boot=c.n_boot)
-        matched[q] = compare_phases(values, steps_of, [matched_steps] * len(grok), log=log, n_boot=c.n_boot)
+        diffs[q] = compare_phases(values, steps_of, [r.boundaries for r in grok], log=log)
+        matched[q] = compare_phases(values, steps_of, [matched_steps] * len(grok), log=log)
         control[q] = compare_phases([control_run.quantities()[q]], [control_run.checkpoints], [matched_steps],
-                                    log=log, n_boot=c.n_boot)
+                                    log=log)
+    diffs = declare_primary(diffs)  # the declared family; everything else (and the matched runs) exploratory
     train_x, train_y = modular_addition_split(c.p, c.train_fraction, c.split_seed)["train"]
     plain = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(c.seed + 1))[:c.hessian_samples]
 
@@ -1404,7 +1586,7 @@ def _run(config: Config, *, progress: bool | None, batch_runs: bool) -> Result:
     timings["this_run"] = time.perf_counter() - started
     return Result(config=c, main_label=main_label,
                   n_params=n_parameters(ModAddTransformer(c.p, c.d_model, c.n_heads, c.d_mlp, c.seed)),
-                  recipes=_recipe_table(recipe_curves, recipe_runs + [main]), recipe_curves=recipe_curves,
+                  recipes=_recipe_table(recipe_curves[:-1], recipe_runs), recipe_curves=recipe_curves,
                   runs=runs, checkpoints=steps, window=win, picks=picks, dense_picked=dense_picked,
                   memorised_checkpoint=memorised_checkpoint, phases=phases, extremes=ext,
                   subsample_loss=subsample_loss, lanczos_hvps=reference.lanczos_hvps,

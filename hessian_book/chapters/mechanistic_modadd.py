@@ -15,6 +15,7 @@ from its store. All logic is in :mod:`hessian_book.mechanism`; this module wires
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hessian_core import adjusted_rand_index, cluster_labels
+from hessian_core import cluster_labels, lanczos
 
 from .. import config as checks
 from ..circuit import (all_pairs, excluded_loss_from_logits, logit_components, logits_table, mlp_activations,
@@ -33,24 +34,29 @@ from ..data import modular_addition_split
 from ..fanout import run_tasks
 from ..fourier import (fourier_basis, fourier_norms, gini, key_frequencies, key_frequency_threshold,
                        neuron_frequencies)
-from ..mechanism import (COMPONENT_BLOCKS, CONCEPTS, CURVATURES, CurvatureEigenpairs, ablate_subspace,
-                         block_masses, component_effects, concept_labels, curvature_eigenpairs, dominant_frequencies,
-                         evaluate, frequency_ablation, frequency_rows, mlp_first_layer, mlp_layer_features,
-                         null_quantile, orthonormal_basis, probe_with_controls, random_block_basis,
-                         random_token_rows, token_masses, transformer_components)
+from ..mechanism import (CIRCUIT_TESTS, COMPONENT_BLOCKS, CONCEPTS, CURVATURES, EPS_GRID, CircuitTest,
+                         CurvatureEigenpairs, EXACT_SETS, block_masses, block_of_top_vectors, circuit_tests, component_effects,
+                         concept_labels, curvature_eigenpairs, decision_error_rates, dominant_frequencies,
+                         frequency_ablation, frequency_rows, frequency_set_draws, hessian_top_eigenpairs,
+                         mlp_first_layer, mlp_layer_features, null_quantile, planted_curvature_operator,
+                         principal_cosines, probe_with_controls, token_masses, transformer_components)
 from ..models import ModAddMLP
+from ..outcomes import GENERALISED_AT, StopRule
 from ..progress import show_progress
 from ..store import ResultStore
-from ..training import checkpoint_name, full_batch_evaluator, train_full_batch_adamw
+from ..training import (checkpoint_name, completed_log, full_batch_evaluator, resolve_step_backend,
+                        train_full_batch_adamw)
 from . import grokking_modadd, mlp_depth_modadd
 
-__all__ = ["Config", "Result", "run", "probe_task", "probe_run", "pooled_share", "cluster_frequency_agreement",
-           "stand_in_frequencies", "claim_sentence",
+__all__ = ["Config", "Result", "run", "probe_task", "probe_run", "pooled_share",
+           "stand_in_frequencies", "TEST_PICKS",
            "concentration_word", "ablation_word", "circle_ratio", "plot_fourier_norms", "plot_key_planes",
            "plot_logit_dependence", "plot_frequency_ablation", "plot_component_effects", "plot_concentration",
            "plot_top_clusters", "plot_mlp_fourier", "plot_probes"]
 
 _PICKS = ("before", "during", "after", "final")
+#: The picks at which the mechanistic test is read in every run of the recipe.
+TEST_PICKS = ("before", "during", "after")
 N_STAND_IN = 3  # frequencies analysed when no neuron has a key frequency (the embedding's strongest)
 _DPI = 80
 SMOKE_WORDS = "smoke run: no verdict"
@@ -67,9 +73,13 @@ class Config(ChapterConfig):
         matrices: curvature matrices examined (of hessian, gauss_newton, block_hessian, gradient_covariance).
         n_eigenvectors: eigenpairs at each end (the top only for the positive semidefinite matrices).
         lanczos_tol: relative residual tolerance of the Lanczos eigenpairs.
-        cluster_eps: the ε of the top eigenvalues' clusters, relative to the largest eigenvalue.
-        n_null: random subspaces per concentration test (the null's 95th percentile is the bar).
-        n_ablation_null: random subspaces per cluster-ablation test.
+        cluster_eps: the primary ε of the top eigenvalues' clusters, relative to the largest eigenvalue (one of
+            ``eps_grid``; the headline answer is read there).
+        eps_grid: every ε the mechanistic test is run at (the answer is reported at each).
+        n_test_draws: frequency sets of the mechanistic test's permutation null (all of them when there are at most
+            :data:`hessian_book.mechanism.EXACT_SETS`).
+        n_error_sims: simulated nulls (and planted cases per strength) measuring the decision's error rates.
+        n_null: random frequency sets per exploratory concentration comparison (its 95th percentile is shown).
         n_ablation_draws: random sets of non-key frequencies ablated as the control (at least 20).
         n_boot: bootstrap replicates over input pairs.
         probe_widths, probe_seeds, probe_depth: the MLP runs for the probes (the depth chapter's recipe).
@@ -82,7 +92,7 @@ class Config(ChapterConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
         # the grokking and depth chapters' smoke runs in a fresh temporary directory, in this process
-        "smoke": dict(n_eigenvectors=6, n_null=50, n_ablation_null=20, n_ablation_draws=20, n_boot=200,
+        "smoke": dict(n_eigenvectors=8, n_null=50, n_test_draws=200, n_error_sims=50, n_ablation_draws=20, n_boot=200,
                       probe_widths=[16, 32], probe_seeds=[0], probe_shuffles=1, results_dir="",
                       scheduler="serial"),
     }
@@ -94,8 +104,10 @@ class Config(ChapterConfig):
     n_eigenvectors: int = 20
     lanczos_tol: float = 1e-5
     cluster_eps: float = 0.02
+    eps_grid: list = field(default_factory=lambda: list(EPS_GRID))
+    n_test_draws: int = 1000
+    n_error_sims: int = 200
     n_null: int = 200
-    n_ablation_null: int = 50
     n_ablation_draws: int = 50
     n_boot: int = 1000
     probe_widths: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -119,10 +131,9 @@ class Config(ChapterConfig):
                 or not set(self.matrices) <= set(CURVATURES) or len(set(self.matrices)) != len(self.matrices)):
             raise checks.ConfigError(f"matrices={self.matrices!r} must be a non-empty list of distinct matrices "
                                      f"of {list(CURVATURES)}")
-        for name in ("n_eigenvectors", "n_null", "n_ablation_null", "n_boot", "probe_depth", "probe_shuffles"):
+        for name in ("n_eigenvectors", "n_null", "n_test_draws", "n_error_sims", "n_boot", "probe_depth",
+                     "probe_shuffles"):
             checks.positive_int(name, getattr(self, name))
-        if self.n_eigenvectors < 2:
-            raise checks.ConfigError(f"n_eigenvectors={self.n_eigenvectors} must be >= 2 (clusters need pairs)")
         checks.positive_int("n_ablation_draws", self.n_ablation_draws)
         if self.n_ablation_draws < 20:
             raise checks.ConfigError(f"n_ablation_draws={self.n_ablation_draws} must be >= 20 (the control's "
@@ -131,6 +142,22 @@ class Config(ChapterConfig):
             raise checks.ConfigError(f"n_null={self.n_null} must be >= 20 (its 95th percentile is the bar)")
         checks.positive_float("lanczos_tol", self.lanczos_tol)
         checks.positive_float("cluster_eps", self.cluster_eps)
+        if (not isinstance(self.eps_grid, (list, tuple)) or not self.eps_grid
+                or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0 for e in self.eps_grid)
+                or len(set(self.eps_grid)) != len(self.eps_grid)):
+            raise checks.ConfigError(f"eps_grid={self.eps_grid!r} must be a non-empty list of distinct positive "
+                                     "numbers")
+        if self.cluster_eps not in self.eps_grid:
+            raise checks.ConfigError(f"cluster_eps={self.cluster_eps!r} must be one of eps_grid={self.eps_grid!r} "
+                                     "(the headline is one of the declared ε)")
+        if self.n_test_draws < 100:
+            raise checks.ConfigError(f"n_test_draws={self.n_test_draws} must be >= 100 (with Holm over three tests "
+                                     "a p-value must reach 0.05/3)")
+        if self.n_error_sims < 20:
+            raise checks.ConfigError(f"n_error_sims={self.n_error_sims} must be >= 20")
+        if self.n_eigenvectors < 2 * N_STAND_IN + 1:
+            raise checks.ConfigError(f"n_eigenvectors={self.n_eigenvectors} must be >= {2 * N_STAND_IN + 1} (the "
+                                     "planted control needs a pair per frequency and one eigenvalue below)")
         checks.positive_float("probe_ridge", self.probe_ridge)
         checks.fraction("probe_fraction", self.probe_fraction)
         checks.int_list("probe_widths", self.probe_widths, minimum=1)
@@ -150,7 +177,7 @@ class Config(ChapterConfig):
         d = self.depth
         return dict(p=d.p, depth=self.probe_depth, input_encoding=d.input_encoding, train_fraction=d.train_fraction,
                     split_seed=d.split_seed, n_steps=d.n_steps, lr=d.lr, weight_decay=d.weight_decay,
-                    betas=list(d.betas), log_every=d.log_every)
+                    betas=list(d.betas), log_every=d.log_every, stop=d.stop_rule().as_dict())
 
     def probe_settings(self) -> dict[str, Any]:
         return dict(probe_fraction=self.probe_fraction, probe_ridge=self.probe_ridge,
@@ -172,18 +199,18 @@ def pooled_share(vectors: np.ndarray, model, block: str, rows: torch.Tensor) -> 
 
 
 def concentration_word(value: float, null_q95: float, *, smoke: bool, null_q05: float = float("nan")) -> str:
-    """``"concentrates on the key frequencies"`` when ``value`` exceeds the null's 95th percentile, ``"avoids the
-    key frequencies (below the null's 5th percentile)"`` when it lies below the 5th, ``"does not concentrate on the
-    key frequencies (inside the null)"`` otherwise; a smoke run renders no verdict."""
+    """Where an exploratory share lies against its null, in words that are positions, not verdicts: ``"lies above
+    the null's 95th percentile"``, ``"lies below the null's 5th percentile"`` or ``"lies inside the null"``; a smoke
+    run renders nothing."""
     if smoke:
         return SMOKE_WORDS
     if not np.isfinite(value):
         return "has no weight in this block"
     if value > null_q95:
-        return "concentrates on the key frequencies"
+        return "lies above the null's 95th percentile"
     if value < null_q05:
-        return "avoids the key frequencies (below the null's 5th percentile)"
-    return "does not concentrate on the key frequencies (inside the null)"
+        return "lies below the null's 5th percentile"
+    return "lies inside the null (between its 5th and 95th percentiles)"
 
 
 def ablation_word(key_accuracy: float, clean_accuracy: float, random_accuracy: np.ndarray, *, smoke: bool) -> str:
@@ -206,51 +233,11 @@ def stand_in_frequencies(norms: np.ndarray, n: int) -> list[int]:
     return sorted(int(k) for k in order)
 
 
-def claim_sentence(tests: dict[str, bool] | None, pick: str, *, grokked: bool, has_key: bool) -> str:
-    """The answer to "is an eigenvalue cluster a circuit?" from the Hessian's three tests
-    (:meth:`Result.claim_tests`): supported when all three pass, not supported when none does, in part otherwise
-    (naming what passed); not testable without a generalised run with key frequencies."""
-    if not grokked:
-        return "The run did not generalise, so the claim that an eigenvalue cluster is a circuit cannot be tested here."
-    if not has_key:
-        return "No neuron has a key frequency, so the claim that an eigenvalue cluster is a circuit cannot be tested."
-    if tests is None:
-        return "The Hessian was not examined, so the claim is not tested for it."
-    passed = [name for name, ok in tests.items() if ok]
-    failed = [name for name, ok in tests.items() if not ok]
-    if not failed:
-        verdict = "is supported: all three tests pass"
-    elif not passed:
-        verdict = "is not supported: none of the three tests passes"
-    else:
-        verdict = (f"is supported only in part: passed {', '.join(passed)}; failed {', '.join(failed)}")
-    return f"For the Hessian at {pick}, the claim that an eigenvalue cluster is a circuit {verdict}."
-
-
 def circle_ratio(embedding: torch.Tensor, p: int, k: int) -> float:
     """How circular the tokens' embedding is in the plane of frequency ``k``: the ratio of the smaller to the larger
     singular value of ``F_k W`` (``[2, d]``, ``W = W_E[:p]``); 1 is a circle, 0 a line."""
     S = torch.linalg.svdvals(frequency_rows(p, [k]) @ torch.as_tensor(embedding, dtype=torch.float64))
     return float(S[-1] / S[0]) if S[0] > 0 else float("nan")
-
-
-def cluster_frequency_agreement(values: np.ndarray, frequencies: np.ndarray, key: list[int], eps: float,
-                                rng: np.random.Generator, n_null: int) -> dict[str, Any]:
-    """Whether the ε-clusters of the top eigenvalues are the vectors' dominant frequencies.
-
-    Returns ``ari`` (clusters against dominant frequencies) and its permutation null's 95th percentile ``ari_q95``
-    (frequency labels shuffled over the vectors), ``n_clusters``, ``n_pairs`` (clusters of exactly two eigenvalues,
-    the near-degenerate pairs), ``n_pairs_same_key`` (pairs whose two vectors share a dominant *key* frequency), and
-    ``labels``.
-    """
-    values, frequencies = np.asarray(values, dtype=float), np.asarray(frequencies)
-    labels = cluster_labels(values, eps)
-    ari = adjusted_rand_index(labels, frequencies) if len(set(labels)) > 1 or len(set(frequencies)) > 1 else 0.0
-    null = np.array([adjusted_rand_index(labels, rng.permutation(frequencies)) for _ in range(n_null)])
-    pairs = [np.flatnonzero(labels == c) for c in np.unique(labels) if (labels == c).sum() == 2]
-    same = sum(1 for i, j in pairs if frequencies[i] == frequencies[j] and int(frequencies[i]) in key)
-    return dict(ari=float(ari), ari_q95=float(np.quantile(null, 0.95)), n_clusters=int(len(np.unique(labels))),
-                n_pairs=len(pairs), n_pairs_same_key=int(same), labels=labels)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,29 +246,36 @@ def cluster_frequency_agreement(values: np.ndarray, frequencies: np.ndarray, key
 
 def probe_run(results_dir: str, *, width: int, seed: int, p: int, depth: int, input_encoding: str,
               train_fraction: float, split_seed: int, n_steps: int, lr: float, weight_decay: float, betas,
-              log_every: int, depth_chapter_hessian_every: int | None = None,
+              log_every: int, stop: dict | None = None, depth_chapter_hessian_every: int | None = None,
               progress: bool | None = False) -> tuple[ResultStore, list[dict]]:
-    """Train (or read) one MLP of the depth chapter's recipe, saving step 0 (the control) and the last step.
+    """Train (or read) one MLP of the depth chapter's recipe, saving step 0 (the control) and the end step.
 
-    If the depth chapter trained the same run (same training parameters, its ``hessian_every`` given), its store is
-    read instead. Returns ``(store, log)``; the store holds ``checkpoint_0000000`` and ``checkpoint_{n_steps}``.
+    Training ends at the cap ``n_steps`` or where the depth chapter's stop rule ``stop`` (the parameters of a
+    :class:`hessian_book.outcomes.StopRule`) fires; the store is keyed without either (they do not change the
+    trajectory, only its end: :func:`hessian_book.training.train_full_batch_adamw`). If the depth chapter trained
+    the same run (same training parameters, its ``hessian_every`` given) up to that end, its store is read instead.
+    Returns ``(store, log)``; the store holds ``checkpoint_0000000`` and the end step ``log[-1]["step"]``. The
+    training step's backend (:func:`hessian_book.training.resolve_step_backend` of ``"auto"``) keys the store and
+    the depth chapter's store it may read (the two backends agree only to float32 rounding).
     """
     params = dict(p=p, depth=depth, width=width, input_encoding=input_encoding, train_fraction=train_fraction,
-                  split_seed=split_seed, seed=seed, n_steps=n_steps, lr=lr, weight_decay=weight_decay,
-                  betas=list(betas), log_every=log_every)
+                  split_seed=split_seed, seed=seed, lr=lr, weight_decay=weight_decay, betas=list(betas),
+                  log_every=log_every, step_backend=resolve_step_backend("auto"))
+    rule = StopRule(**stop) if stop else None
     if depth_chapter_hessian_every is not None:
         for store in ResultStore.find(results_dir, "mlp_depth_modadd",
                                       **params, hessian_every=depth_chapter_hessian_every):
-            if store.verified(checkpoint_name(0)) and store.verified(checkpoint_name(n_steps)):
-                return store, store.load(checkpoint_name(n_steps))["log"]
+            log = completed_log(store, n_steps=n_steps, stop=rule)
+            if log is not None and store.verified(checkpoint_name(0)):
+                return store, log
     store = ResultStore(results_dir, "mechanistic_modadd_mlp", params)
     split = modular_addition_split(p, train_fraction, split_seed, with_equals=False)
     model = ModAddMLP(p, depth, width, input_encoding, seed)
-    log = train_full_batch_adamw(model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=[0, n_steps],
+    log = train_full_batch_adamw(model, *split["train"], store=store, n_steps=n_steps, checkpoint_steps=[0],
                                  lr=lr, weight_decay=weight_decay, betas=tuple(betas),
                                  log_steps=range(0, n_steps + 1, log_every),
                                  evaluate=full_batch_evaluator(split["train"], split["test"]), progress=progress,
-                                 desc=f"width {width} seed {seed}")
+                                 desc=f"width {width} seed {seed}", stop=rule, step_backend=params["step_backend"])
     return store, log
 
 
@@ -301,7 +295,9 @@ def probe_task(*, results_dir: str, width: int, seed: int, recipe: dict, setting
     try:
         store, log = probe_run(results_dir, width=width, seed=seed, **recipe,
                                depth_chapter_hessian_every=depth_chapter_hessian_every, progress=progress)
-        analysis = ResultStore(results_dir, "mechanistic_modadd_probes", dict(run=store.key, **settings))
+        # the run's store is keyed without its cap and stop rule: its end step keys the analysis too
+        analysis = ResultStore(results_dir, "mechanistic_modadd_probes",
+                               dict(run=store.key, end=int(log[-1]["step"]), **settings))
         return analysis.cached("analysis", lambda: _analyse_mlp(store, log, width, seed, recipe, settings))
     finally:
         torch.set_num_threads(previous)
@@ -309,8 +305,8 @@ def probe_task(*, results_dir: str, width: int, seed: int, recipe: dict, setting
 
 def _analyse_mlp(store: ResultStore, log: list[dict], width: int, seed: int, recipe: dict, settings: dict) -> dict:
     started = time.perf_counter()
-    p, depth, n_steps = recipe["p"], recipe["depth"], recipe["n_steps"]
-    trained = _mlp_at(store, n_steps, p, depth, width, recipe["input_encoding"], seed)
+    p, depth, end = recipe["p"], recipe["depth"], int(log[-1]["step"])
+    trained = _mlp_at(store, end, p, depth, width, recipe["input_encoding"], seed)
     initial = _mlp_at(store, 0, p, depth, width, recipe["input_encoding"], seed)
     pairs = all_pairs(p)[:, :2]
     features, init_features = mlp_layer_features(trained, pairs), mlp_layer_features(initial, pairs)
@@ -385,7 +381,10 @@ class Result:
     replicates: pd.DataFrame
     neuron_groups: dict
     concentration: pd.DataFrame
-    clusters: pd.DataFrame
+    circuit: pd.DataFrame
+    controls: pd.DataFrame
+    error_rates: dict
+    subsample: dict
     cluster_values: dict
     eigen_sources: dict
     mlp_runs: list
@@ -412,17 +411,16 @@ class Result:
         r = self._row(pick, matrix, self.main_block(matrix, pick))
         return bool(r is not None and r.above)
 
-    def claim_tests(self, matrix: str, pick: str) -> dict[str, bool]:
-        """The three tests of "an eigenvalue cluster is a circuit" for one matrix at one pick: its top
-        eigenvectors concentrate on the key frequencies (W_E or W_U, above the null's 95th percentile); its
-        ε-clusters match the vectors' dominant frequencies (ARI above the permutation null's 95th percentile);
-        ablating its top cluster's subspace costs more loss than the 95th percentile of random subspaces."""
-        cl = self.clusters
-        rows = cl[(cl.pick == pick) & (cl.matrix == matrix)]
-        r = rows.iloc[0] if len(rows) else None
-        return {"concentrates": self.sees_circuit(matrix, pick),
-                "clusters are frequencies": bool(r is not None and r.ari > r.ari_q95),
-                "cluster ablation hurts more": bool(r is not None and r.ablation_loss > r.ablation_q95)}
+    def circuit_answers(self, frame: pd.DataFrame | None = None, *, eps: float | None = None) -> pd.DataFrame:
+        """The mechanistic test's answers at one ε (default ``cluster_eps``) of ``frame`` (default the runs)."""
+        frame = self.circuit if frame is None else frame
+        eps = self.config.cluster_eps if eps is None else eps
+        return frame[np.isclose(frame.eps, eps)] if len(frame) else frame
+
+    def counted_runs(self) -> pd.DataFrame:
+        """The runs the answer is counted over: those that generalised and have key frequencies."""
+        cr = self.circuit
+        return cr[cr.generalised & cr.has_key] if len(cr) else cr
 
     def answer_pick(self) -> str:
         """The pick the chapter's answer is read at: ``after`` if examined, else the last examined."""
@@ -436,7 +434,7 @@ class Result:
             "final_test_pct": 100 * self.final_test_acc,
             "grokked_word": ("smoke run: the run is not judged" if smoke else
                              ("reached" if self.grokked else "did not reach")),
-            "transition_high_pct": 100 * g.transition_high,
+            "transition_high_pct": 100 * g.transition_high, "generalised_pct": 100 * GENERALISED_AT,
             "key_frequencies": ", ".join(map(str, self.key_frequencies)) or "none",
             "n_key": len(self.key_frequencies),
             "analysed_frequencies": ", ".join(map(str, self.analysed_frequencies)),
@@ -449,7 +447,7 @@ class Result:
             "train_loss": self.progress["train_loss"],
             "circle_min": min(self.circle_ratios.values()) if self.circle_ratios else float("nan"),
             "circle_max": max(self.circle_ratios.values()) if self.circle_ratios else float("nan"),
-            "n_eigenvectors": c.n_eigenvectors, "n_null": c.n_null, "n_ablation_null": c.n_ablation_null,
+            "n_eigenvectors": c.n_eigenvectors, "n_null": c.n_null,
             "n_boot": c.n_boot, "cluster_eps": c.cluster_eps, "n_probe_runs": len(self.mlp_runs),
             "probe_widths": ", ".join(map(str, c.probe_widths)), "n_probe_seeds": len(c.probe_seeds),
             "probe_fraction_pct": 100 * c.probe_fraction,
@@ -532,38 +530,99 @@ class Result:
                 f"{concentration_word(r0.share, r0.null_q95, smoke=smoke, null_q05=r0.null_q05)} in W_E.")
         else:
             out["conc_first_sentence"] = ""
-        cl = self.clusters
-        for m in c.matrices:
-            rows = cl[(cl.pick == pick) & (cl.matrix == m)]
-            if len(rows):
-                r = rows.iloc[0]
-                out[f"clusters_{m}_ari"] = r.ari
-                out[f"clusters_{m}_frequency_block"] = r.frequency_block
-                out[f"clusters_{m}_ari_q95"] = r.ari_q95
-                out[f"clusters_{m}_pairs"] = int(r.n_pairs)
-                out[f"clusters_{m}_pairs_key"] = int(r.n_pairs_same_key)
-                out[f"clusters_{m}_ablation_loss"] = r.ablation_loss
-                out[f"clusters_{m}_ablation_q95"] = r.ablation_q95
-                out[f"clusters_{m}_ablation_block"] = r.ablation_block
-                out[f"clusters_{m}_ablation_dim"] = int(r.ablation_dim)
         n_matrices = len(c.matrices)
-        tests = {m: self.claim_tests(m, pick) for m in c.matrices}
-        n_cluster_key = sum(t["clusters are frequencies"] for t in tests.values())
-        n_ablation_more = sum(t["cluster ablation hurts more"] for t in tests.values())
+        names = ", ".join(m.replace("_", " ") for m in seers) or "none of them"
+        out["seers"] = (f"{len(seers)} of the {n_matrices} matrices ({names}) have pooled top eigenvectors above the "
+                        f"null's 95th percentile in their main per-token block at {pick}")
+        # the mechanistic test
+        out["eps_grid"] = ", ".join(f"{e:g}" for e in c.eps_grid)
+        out["n_test_draws"] = c.n_test_draws
+        cr = self.circuit
+        n_sets = math.comb((g.p - 1) // 2, len(self.analysed_frequencies))
+        out["test_null_note"] = (f"all {n_sets} sets: an exact permutation test" if n_sets <= max(c.n_test_draws,
+                                                                                                       EXACT_SETS)
+                                 else f"{c.n_test_draws} random sets of the {n_sets}")
+        counted = self.circuit_answers(self.counted_runs())
+        runs_counted = list(dict.fromkeys(counted.run)) if len(counted) else []
+        out["circuit_n_runs"] = len(runs_counted)
+        out["circuit_n_all"] = int(cr.run.nunique()) if len(cr) else 0
+        for pk in TEST_PICKS:
+            at = counted[counted.pick == pk] if len(counted) else counted
+            out[f"circuit_yes_{pk}"] = int((at.answer == "yes").sum()) if len(at) else 0
+        per_eps = []
+        for e in c.eps_grid:
+            at = self.circuit_answers(self.counted_runs(), eps=e)
+            at = at[at.pick == "after"] if len(at) else at
+            per_eps.append(f"{int((at.answer == 'yes').sum()) if len(at) else 0} at ε = {e:g}")
+        out["circuit_per_eps"] = ", ".join(per_eps)
+        ref = self.circuit_answers()
+        ref = ref[ref.reference & (ref.pick == "after")] if len(ref) else ref
+        if len(ref):
+            r = ref.iloc[0]
+            out["ref_block"] = r.block
+            out["ref_clusters"] = int(r.clusters)
+            out["ref_pairs"] = int(r.pairs)
+            out["ref_pairs_key"] = int(r["same-key pairs"])
+            out["ref_concentration_pct"] = 100 * r["concentration"]
+            out["ref_alignment"] = r["clusters are key frequencies"]
+            for name, short in zip(CIRCUIT_TESTS, ("concentration", "clusters", "pairs")):
+                out[f"ref_p_{short}"] = r[f"p Holm {name}"]
+            out["ref_answer"] = r.answer
+        ctl = self.controls
+        expected = dict(zip(ctl.control, ctl.must))
+        words = {}
+        for name in expected:
+            rows = ctl[ctl.control == name]
+            parts = []
+            for pk, sub in rows.groupby("pick", sort=False):
+                answers = list(sub.answer)
+                parts.append(f"{'no' if set(answers) == {'no'} else 'yes' if set(answers) == {'yes'} else 'mixed'}"
+                             f" at {pk}" + ("" if len(set(answers)) == 1 else
+                                            " (" + ", ".join(f"{a} at ε = {e:g}" for a, e in
+                                                             zip(answers, sub.eps)) + ")"))
+            words[name] = "; ".join(parts)
+        out["control_wd_value"] = f"{g.control_weight_decay:g}"
+        out["control_wd0"] = next((w for n, w in words.items() if n.startswith("weight decay")), "not run")
+        out["control_untrained"] = words.get("untrained (negative)", "not run")
+        out["control_planted"] = words.get("planted key planes (positive)", "not run")
+        out["control_planted_random"] = words.get("planted random planes (negative)", "not run")
+        wrong = sorted({r.control for r in ctl.itertuples() if r.answer != r.must})
+        out["controls_ok"] = ("every control answers as it must, at every pick and every ε" if not wrong else
+                              f"the test does not answer as it must on {', '.join(wrong)}: its answers on the runs "
+                              f"cannot be trusted")
+        er = self.error_rates
+        out["fpr_pct"] = 100 * er["false_positive"]
+        out["fpr_each_max_pct"] = 100 * max(er[f"fp_{name}"] for name in CIRCUIT_TESTS)
+        out["fpr_n_sims"] = er["n_sims"]
+        out["power_full_pct"] = 100 * er["power_1"]
+        out["power_07_pct"] = 100 * er["power_0.7"]
+        out["power_05_pct"] = 100 * er["power_0.5"]
+        out["fpr_mc_pct"] = 100 * 2 * math.sqrt(0.05 * 0.95 / er["n_sims"])
+        sub = self.subsample
+        out["sub_step"] = sub["step"]
+        out["sub_n_train"] = sub["n_train"]
+        out["sub_n_hessian"] = g.hessian_samples
+        out["sub_cos_min"] = float(np.min(sub["cosines"]))
+        out["sub_cos_median"] = float(np.median(sub["cosines"]))
+        out["sub_top_ratio"] = sub["top_ratio"]
+        out["sub_same"] = (f"the same at {sum(sub['same'])} of {len(sub['same'])} ε "
+                           f"(whole set: {', '.join(sub['full_answers'])}; subsample: "
+                           f"{', '.join(sub['sub_answers'])})")
         if smoke:
             out["answer"] = ("Smoke run: no verdict on whether an eigenvalue cluster is a circuit (the numbers above "
                              "come from a few hundred steps of a tiny model).")
-            out["seers"] = SMOKE_WORDS
+        elif wrong:
+            out["answer"] = f"No answer: {out['controls_ok']}."
+        elif not runs_counted:
+            out["answer"] = (f"None of the {out['circuit_n_all']} runs of the recipe generalised with key frequencies "
+                             f"within {g.n_steps} steps, so the claim that an eigenvalue cluster is a circuit is not "
+                             f"tested.")
         else:
-            names = ", ".join(m.replace("_", " ") for m in seers) or "none of them"
-            out["seers"] = (f"{len(seers)} of the {n_matrices} matrices ({names}) have top eigenvectors that "
-                            f"concentrate on the key frequencies beyond the random-subspace null, in the per-token "
-                            f"block (W_E or W_U) that holds most of their weight, at {pick}")
-            out["answer"] = (f"{claim_sentence(tests.get('hessian'), pick, grokked=self.grokked, has_key=bool(self.key_frequencies))} "
-                             f"Over the {n_matrices} matrices: {out['seers']}; their ε-clusters match the vectors' "
-                             f"dominant frequencies beyond the permutation null for {n_cluster_key}; ablating the top "
-                             f"cluster's subspace costs more loss than the 95th percentile of random subspaces of the "
-                             f"same size in the same block for {n_ablation_more}.")
+            n = len(runs_counted)
+            out["answer"] = (f"At ε = {c.cluster_eps:g}, the Hessian's top clusters pass all three tests (a circuit) "
+                             f"in {out['circuit_yes_after']} of {n} runs after the transition, "
+                             f"{out['circuit_yes_during']} of {n} during it and {out['circuit_yes_before']} of {n} "
+                             f"before it; after it, at every ε of the grid: {out['circuit_per_eps']} of {n}.")
         # MLPs
         ref = self.mlp_reference
         out["mlp_width"], out["mlp_seed"], out["mlp_depth"] = ref.get("width"), ref.get("seed"), c.probe_depth
@@ -610,7 +669,8 @@ class Result:
             f"picks: {sorted(self.picks)}",
             f"matrices: {list(self.config.matrices)}",
             f"concentration rows: {len(self.concentration)}",
-            f"cluster rows: {len(self.clusters)}",
+            f"mechanistic test rows: {len(self.circuit)}",
+            f"control rows: {len(self.controls)}",
             f"MLP runs: {len(self.mlp_runs)}",
             f"probe cells: {len(self.probes)}",
             f"every share in [0, 1]: {bool(((self.concentration.share.dropna() >= 0) & (self.concentration.share.dropna() <= 1 + 1e-9)).all())}",
@@ -697,7 +757,7 @@ def _run(config: Config, *, progress: bool | None) -> Result:
     model = main.model_at(final_step)
     p = g.p
     last = main.log[-1]
-    grokked = bool(last["test_acc"] >= g.transition_high)
+    grokked = grokking_modadd.run_outcome(main).generalised is not None  # hessian_book.outcomes: held >= 95 %
     key = key_frequencies(mlp_activations(model, p))
     W_E = model.W_E.detach().double()[:p]
     norms_embed = fourier_norms(W_E, p).numpy()
@@ -745,11 +805,12 @@ def _run(config: Config, *, progress: bool | None) -> Result:
     replicates = _replicates(c, every, progress=progress)
     timings["causal"] = time.perf_counter() - t0
 
-    # 3. the curvature matrices' view
+    # 3. the curvature matrices' view (exploratory: every matrix, pooled top vectors, shown without family control)
     t0 = time.perf_counter()
     batch = grokking_modadd.hessian_batch(g)
     key_rows = frequency_rows(p, analysed)
-    conc_rows, cluster_rows, cluster_values, sources = [], [], {}, {}
+    sets, _ = frequency_set_draws(p, len(analysed), c.n_null, rng)
+    conc_rows, cluster_values, sources = [], {}, {}
     jobs = [(pick, m) for pick in c.picks for m in c.matrices]
     for pick, m in tqdm(jobs, desc="curvature eigenvectors", disable=not show):
         step = picks[pick]
@@ -765,42 +826,25 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                 row = dict(pick=pick, step=step, matrix=m, end=end, block=block,
                            **{f"mass {name}": float(v.mean()) for name, v in shares.items()})
                 share = pooled_share(vectors, at, block, key_rows)
-                null = np.array([pooled_share(vectors, at, block, random_token_rows(p, len(key_rows), rng))
-                                 for _ in range(c.n_null)])
+                # the null: the same share for random frequency sets of the same size (a permutation of labels)
+                null = np.array([pooled_share(vectors, at, block, frequency_rows(p, s_)) for s_ in sets])
                 q95, above = null_quantile(null, share) if np.isfinite(share) else (float("nan"), False)
                 conc_rows.append(dict(row, block_weight=float(block_masses(vectors, at)[block].mean()), share=share,
                                       null_q95=q95, null_q05=float(np.quantile(null, 0.05)),
                                       null_median=float(np.median(null)), expected=len(key_rows) / (p - 1),
                                       above=above))
-        # clusters of the top eigenvalues
         values, vectors = pairs.top_values, pairs.top_vectors
-        # label each vector in the per-token block (W_E or W_U) that holds more of the top vectors' weight
-        weights = block_masses(vectors, at)
-        frequency_block = max(("W_E", "W_U"), key=lambda name: float(weights[name].sum()))
+        frequency_block = block_of_top_vectors(vectors, at)
         dominant, _ = dominant_frequencies(vectors, at, frequency_block)
-        eps = c.cluster_eps * abs(values[0]) if values[0] != 0 else c.cluster_eps
-        agreement = cluster_frequency_agreement(values, dominant, analysed, eps, rng, c.n_null)
-        cluster_values[pick, m] = dict(values=values, dominant=dominant, labels=agreement.pop("labels"))
-        top = np.flatnonzero(cluster_values[pick, m]["labels"] == cluster_values[pick, m]["labels"][0])
-        masses = block_masses(vectors[:, top], at)
-        block = max(masses, key=lambda b: masses[b].sum())
-        sl = dict((n, s) for n, s in _slices(at).items())[block]
-        basis = orthonormal_basis(vectors[sl, top])
-        data = every
-        loss_cluster = evaluate(ablate_subspace(at, block, basis), data)["loss"] if basis.shape[1] else float("nan")
-        null_losses = np.array([evaluate(ablate_subspace(at, block, random_block_basis(sl.stop - sl.start,
-                                                                                       basis.shape[1], rng)),
-                                         data)["loss"] for _ in range(c.n_ablation_null)]) if basis.shape[1] else \
-            np.array([float("nan")])
-        cluster_rows.append(dict(pick=pick, step=step, matrix=m, frequency_block=frequency_block, **agreement,
-                                 top_cluster_size=len(top),
-                                 ablation_block=block, ablation_dim=int(basis.shape[1]),
-                                 clean_loss=evaluate(at, data)["loss"], ablation_loss=loss_cluster,
-                                 ablation_q95=float(np.quantile(null_losses, 0.95)),
-                                 ablation_null_median=float(np.median(null_losses))))
+        cluster_values[pick, m] = dict(values=values, dominant=dominant,
+                                       labels=cluster_labels(values, c.cluster_eps * abs(values[0])))
     concentration = pd.DataFrame(conc_rows)
-    clusters = pd.DataFrame(cluster_rows)
     timings["curvature"] = time.perf_counter() - t0
+
+    # 3b. the mechanistic test (Hessian): every run of the recipe at each pick, its controls, its error rates
+    t0 = time.perf_counter()
+    circuit, controls, error_rates, subsample = _mechanistic_test(c, main, picks, analysed, batch, progress=progress)
+    timings["mechanistic test"] = time.perf_counter() - t0
 
     # 4. the MLPs
     t0 = time.perf_counter()
@@ -832,8 +876,126 @@ def _run(config: Config, *, progress: bool | None) -> Result:
                   restricted_share=restricted_share, progress=progress_values, ablations=ablations, effects=effects,
                   replicates=replicates,
                   neuron_groups={k_: len(v) for k_, v in groups.items()}, concentration=concentration,
-                  clusters=clusters, cluster_values=cluster_values, eigen_sources=sources, mlp_runs=mlp_runs,
+                  circuit=circuit, controls=controls, error_rates=error_rates, subsample=subsample,
+                  cluster_values=cluster_values, eigen_sources=sources, mlp_runs=mlp_runs,
                   probes=probes, mlp_reference=mlp_reference, timings=timings)
+
+
+def _generalised(run_, g: grokking_modadd.Config) -> bool:
+    """A run generalised (within its step budget): the shared definition (:mod:`hessian_book.outcomes`, read
+    through :func:`grokking_modadd.run_outcome`), as for the reference run."""
+    return grokking_modadd.run_outcome(run_).generalised is not None
+
+
+def _top_hessian(config: Config, run_, step: int, batch, batch_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian's top ``n_eigenvectors`` eigenpairs of ``run_`` at ``step`` on ``batch`` (stored, keyed by the
+    run, the batch's name — its subsample's size and seed, or all training pairs — and the solver settings)."""
+    g = config.grokking
+    store = ResultStore(config.results_dir, "mechanistic_modadd_top",
+                        dict(run=run_.store.key, batch=batch_name, k=config.n_eigenvectors, tol=config.lanczos_tol))
+    return store.cached(f"top_{step:07d}", lambda: hessian_top_eigenpairs(
+        run_.model_at(step), batch, config.n_eigenvectors, tol=config.lanczos_tol, seed=g.seed))
+
+
+def _batch_name(g: grokking_modadd.Config, seed: int) -> str:
+    """The name (store key) of a run's Hessian subsample (:func:`grokking_modadd.run_hessian_batch`)."""
+    return f"stratified {g.hessian_samples} pairs, seed {seed + 1}"
+
+
+def _test_rows(config: Config, tests: list[CircuitTest], **labels) -> list[dict]:
+    rows = []
+    for t in tests:
+        row = dict(labels, eps=t.eps, block=t.block, key=", ".join(map(str, t.key)), clusters=t.n_clusters,
+                   pairs=t.n_pairs, answer=t.answer, exact=t.exact, null_sets=t.n_draws)
+        for name in CIRCUIT_TESTS:
+            row[name] = t.statistic[name]
+            row[f"p {name}"] = t.p_value[name]
+            row[f"p Holm {name}"] = t.p_holm[name]
+        rows.append(row)
+    return rows
+
+
+def _run_tests(config: Config, model, values, vectors, key) -> list[CircuitTest]:
+    return circuit_tests(values, vectors, model, key, block=block_of_top_vectors(vectors, model),
+                         eps_grid=config.eps_grid, n_draws=config.n_test_draws, seed=config.grokking.seed)
+
+
+def _mechanistic_test(config: Config, main, picks: dict, analysed: list[int], batch, *,
+                      progress: bool | None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """The mechanistic test of the Hessian's top clusters (:func:`hessian_book.mechanism.circuit_tests`).
+
+    ``circuit``: one row per (run of the recipe, pick of :data:`TEST_PICKS`, ε), each run with its own key
+    frequencies (its final model's; runs without any are marked and not counted). ``controls``: the same test on
+    the weight-decay-0 control run at the reference run's picks and on the untrained reference model (negative:
+    must answer no), and on :func:`~hessian_book.mechanism.planted_curvature_operator` on the reference model's
+    parameters at ``after`` (positive: must answer yes; with random planes: must answer no), all with the reference
+    run's analysed frequencies. ``error_rates``: :func:`~hessian_book.mechanism.decision_error_rates` on the
+    reference model's block. ``subsample``: the principal angles between the top eigenvectors on the Hessian
+    subsample and on the whole training set, at ``after``, and the test's answers on the whole set.
+    """
+    c, g = config, config.grokking
+    rows = []
+    for spec in g.runs():
+        if spec.role != "grok":
+            continue
+        run_ = grokking_modadd.train_run(g, spec, progress=progress)
+        final = run_.model_at(run_.checkpoint_steps[-1])
+        key = key_frequencies(mlp_activations(final, g.p))
+        run_picks = grokking_modadd.transition_picks(run_, g)
+        run_batch = grokking_modadd.run_hessian_batch(g, spec.split_seed, spec.seed)
+        for pick in TEST_PICKS:
+            step = run_picks[pick]
+            values, vectors = _top_hessian(c, run_, step, run_batch, _batch_name(g, spec.seed))
+            tests = _run_tests(c, run_.model_at(step), values, vectors, key or analysed)
+            rows += _test_rows(c, tests, run=spec.label, reference=spec == g.runs()[0],
+                               generalised=_generalised(run_, g), has_key=bool(key), pick=pick, step=step)
+    circuit = pd.DataFrame(rows)
+
+    control_rows = []
+    ctrl_spec = g.runs()[-1]
+    ctrl = grokking_modadd.train_run(g, ctrl_spec, progress=progress)
+    ctrl_batch = grokking_modadd.run_hessian_batch(g, ctrl_spec.split_seed, ctrl_spec.seed)
+    for pick in TEST_PICKS:
+        step = picks.get(pick, grokking_modadd.transition_picks(main, g)[pick])
+        values, vectors = _top_hessian(c, ctrl, step, ctrl_batch, _batch_name(g, ctrl_spec.seed))
+        control_rows += _test_rows(c, _run_tests(c, ctrl.model_at(step), values, vectors, analysed),
+                                   control=f"weight decay {ctrl_spec.weight_decay:g} (negative)", pick=pick,
+                                   step=step, must="no")
+    values, vectors = _top_hessian(c, main, 0, batch, _batch_name(g, g.seed))
+    control_rows += _test_rows(c, _run_tests(c, main.model_at(0), values, vectors, analysed),
+                               control="untrained (negative)", pick="init", step=0, must="no")
+    after = grokking_modadd.transition_picks(main, g)["after"]
+    model_after = main.model_at(after)
+    planted_key = analysed[:6]                     # the planted spectrum holds at most six separated pairs
+    for structure, name, must in ((True, "planted key planes (positive)", "yes"),
+                                  (False, "planted random planes (negative)", "no")):
+        op = planted_curvature_operator(model_after, planted_key, block="W_E", structure=structure, seed=g.seed)
+        values, vectors = lanczos(op, c.n_eigenvectors, which="largest", tol=1e-8, seed=g.seed,
+                                  return_vectors=True, progress=False)
+        order = np.argsort(values)[::-1]
+        control_rows += _test_rows(c, circuit_tests(np.asarray(values)[order], np.asarray(vectors)[:, order],
+                                                    model_after, planted_key, block="W_E", eps_grid=c.eps_grid,
+                                                    n_draws=c.n_test_draws, seed=g.seed),
+                                   control=name, pick="after", step=after, must=must)
+    controls = pd.DataFrame(control_rows)
+
+    values, vectors = _top_hessian(c, main, after, batch, _batch_name(g, g.seed))
+    block = block_of_top_vectors(vectors, model_after)
+    error_rates = dict(decision_error_rates(model_after, planted_key, block=block, k=c.n_eigenvectors,
+                                            n_sims=c.n_error_sims, n_draws=c.n_test_draws, eps=c.cluster_eps,
+                                            strengths=(1.0, 0.7, 0.5), seed=g.seed), block=block,
+                       n_sims=c.n_error_sims, n_frequencies=len(planted_key))
+
+    split = modular_addition_split(g.p, g.train_fraction, g.split_seed)
+    full_values, full_vectors = _top_hessian(c, main, after, split["train"], "all training pairs")
+    cosines = principal_cosines(vectors, full_vectors)
+    full_tests = _run_tests(c, model_after, full_values, full_vectors, analysed)
+    sub_tests = _run_tests(c, model_after, values, vectors, analysed)
+    subsample = dict(step=after, cosines=cosines, top_ratio=float(values[0] / full_values[0]),
+                     n_train=len(split["train"][1]), full_answers=[t.answer for t in full_tests],
+                     sub_answers=[t.answer for t in sub_tests], same=[a.answer == b.answer for a, b in
+                                                                      zip(full_tests, sub_tests)])
+    return circuit, controls, error_rates, subsample
 
 
 def _replicates(config: Config, data, *, progress: bool | None) -> pd.DataFrame:
@@ -850,7 +1012,7 @@ def _replicates(config: Config, data, *, progress: bool | None) -> pd.DataFrame:
                                                      N_STAND_IN)
         a = frequency_ablation(model, analysed, data, block="W_E", n_draws=config.n_ablation_draws, seed=spec.seed)
         rows.append({"run": spec.label, "test acc %": 100 * run_.log[-1]["test_acc"],
-                     "generalised": bool(run_.log[-1]["test_acc"] >= g.transition_high),
+                     "generalised": grokking_modadd.run_outcome(run_).generalised is not None,
                      "key frequencies": ", ".join(map(str, key)) or "none", "clean acc %": 100 * a.clean["accuracy"],
                      "key ablated acc %": 100 * a.key["accuracy"],
                      "random median acc %": 100 * float(np.median(a.random_accuracy)),

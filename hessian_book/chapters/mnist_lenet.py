@@ -1114,3 +1114,50 @@ def plot_layer_shares(result: Result) -> Figure:
         ax.set_title(title)
     fig.colorbar(image, ax=axes, label="share of squared norm")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The class of every glued value, for ``book/build.py --verify`` (book/verify.py; first matching pattern wins).
+# Statistical values are judged, on another numerical path, against the spread this chapter measures over
+# independent draws of ``hessian_samples`` images at the final checkpoint: a rerun whose network differs
+# (training is chaotic) should land inside the record's central 95 % range, and the record inside the rerun's.
+
+
+def _median_halfwidth(glued: dict[str, Any]) -> float:
+    """Two standard errors of the difference of two medians over ``n_draws`` draws: the draws' standard deviation
+    from their central 95 % range (normal approximation, σ ≈ range / 3.92), the median's standard error
+    1.2533 σ / √n, times √2 for a difference of two independent medians."""
+    sigma = (glued["draw_lmax_hi"] - glued["draw_lmax_lo"]) / (2 * 1.959964)
+    return 2 * np.sqrt(2) * 1.2533 * sigma / np.sqrt(glued["n_draws"])
+
+
+def _glue_classes() -> dict[str, Any]:
+    from ..glue import conclusion, exact, numerical, statistical
+
+    lmax = dict(low="draw_lmax_lo", high="draw_lmax_hi", why="λ_max over the image draws")
+    gap = dict(low="draw_gap_lo", high="draw_gap_hi", why="largest gap over the image draws")
+    zero = dict(low="draw_zero_lo", high="draw_zero_hi", why="share |λ| < 0.01 over the image draws")
+    return {
+        # set by the parameters, the architecture or the seed's published numbers
+        **{name: exact() for name in (
+            "n_checkpoints", "final_step", "hessian_samples", "compare_samples", "n_compare", "big_step",
+            "n_draws", "n_dense_draws", "draw_step", "n_draw_checkpoints", "seed_lambda_max", "seed_gap1",
+            "seed_frac_small", "seed_source", "n_vectors_glue", "n_classes", "n_parameters", "size_small",
+            "size_big", "rank_bound_small", "rank_share_small", "rank_share_hessian", "rank_bound_hessian",
+            "gn_bound_big", "gn_bound_small", "papyan_c", "papyan_cc", "rel_window", "top_layer_param_share")},
+        # the page's verdicts and in-range statements
+        **{name: conclusion() for name in (
+            "negative_word", "seed_lmax_verdict", "seed_gap_verdict", "seed_zero_verdict", "own_lmax_verdict",
+            "bulk_sentence", "zero_vs_n_word", "gn_rank_word", "papyan_word", "top_layer")},
+        # measured on the chapter's own 50 images at the final checkpoint: one draw among the draws
+        **{name: statistical(**lmax) for name in ("final_lambda_max", "small_lambda_max", "lmax_small_size")},
+        **{name: statistical(**gap) for name in ("final_gap1", "small_gap1")},
+        **{name: statistical(**zero) for name in ("final_frac_small", "zero_small")},
+        "draw_lmax_median": statistical(halfwidth=_median_halfwidth,
+                                        why="2 standard errors of a difference of medians over the draws"),
+        # everything else is computed, with no spread measured for it: bitwise on the record's path
+        "*": numerical(rtol=1e-6),
+    }
+
+
+GLUE_CLASSES = _glue_classes()

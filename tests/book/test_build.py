@@ -60,18 +60,53 @@ def _fake_record(folder: Path, name: str, seconds: float) -> None:
     rec.write_notebook(nb, folder / f"{name}.ipynb")
 
 
+def _estimates(**minutes):
+    import cost
+
+    return {name: cost.Estimate(name, 60.0 * m, budget_minutes=rec.GOAL_MINUTES.get(name)) if m is not None
+            else "no model" for name, m in minutes.items()}
+
+
 def test_plan_says_what_executes_in_dependency_order_and_how_long(tmp_path, capsys):
     _fake_record(tmp_path, "core_checks", 60.0)
     _fake_record(tmp_path, "grokking_modadd", 3000.0)
-    todo, statuses = build.plan(["core_checks", "fiedler_lenet", "grokking_modadd", "mnist_lenet"],
-                                {"grokking_modadd"}, record_dir=tmp_path)
+    names = ["core_checks", "fiedler_lenet", "grokking_modadd", "mnist_lenet"]
+    todo, statuses = build.plan(names, {"grokking_modadd"}, record_dir=tmp_path,
+                                estimated=_estimates(core_checks=2, fiedler_lenet=10, grokking_modadd=40,
+                                                     mnist_lenet=None))
     out = capsys.readouterr().out
     assert todo == ["mnist_lenet", "grokking_modadd", "fiedler_lenet"]
     assert [s.state for s in statuses] == ["fresh", "missing", "fresh", "missing"]
-    assert "core_checks          fresh; the record took 60 s" in out
-    assert "grokking_modadd      fresh, forced; the record took 50.0 min" in out
+    lines = out.splitlines()
+    for name in names:  # one line per chapter
+        assert len([line for line in lines if line.startswith(f"  {name} ")]) == 1
+    assert ("core_checks          fresh; est. 2.0 min at the reference speed, budget 3 min: within; record 60 s"
+            in out)
+    assert ("grokking_modadd      fresh, forced; est. 40.0 min at the reference speed, budget 30 min: OVER; "
+            "record 50.0 min") in out
+    assert "mnist_lenet          missing (no record); est. unknown (no model); no record" in out
     assert "will execute 3 chapter(s), in this order: mnist_lenet, grokking_modadd, fiedler_lenet" in out
-    assert "estimated 50.0 min plus 2 chapter(s) of unknown time" in out
+    assert "estimated 50.0 min at the reference speed plus 1 chapter(s) of unknown time" in out
+
+
+def test_plan_at_the_measured_speed_and_the_commits_only_when_verbose(tmp_path, capsys, monkeypatch):
+    from hessian_book.calibration import Calibration
+
+    commits = [f"abc{i} hessian_book: change {i}" for i in range(20)]
+    monkeypatch.setattr(rec, "staleness", lambda name, record_dir: rec.Status(name, "fresh", [], commits, 60.0,
+                                                                               "0123456789abcdef"))
+    slow = Calibration(ms_per_step=24.0, step_spread=(23.0, 25.0), gflops=10.0, load_before=0.5, load_after=0.6,
+                       seconds=10.0, n_blocks=30, block_steps=25)
+    build.plan(["core_checks"], {"core_checks"}, record_dir=tmp_path, calibration=slow,
+               estimated=_estimates(core_checks=2))
+    out = capsys.readouterr().out
+    assert "est. 2.0 min at the reference speed; 4.0 min at the measured speed, budget 3 min: within" in out
+    assert "20 library commit(s) since its record (0123456789)" in out
+    assert not any(c in out for c in commits)
+    assert "estimated 2.0 min at the reference speed (4.0 min at the measured speed)" in out
+    build.plan(["core_checks"], set(), record_dir=tmp_path, verbose=True, estimated=_estimates(core_checks=2))
+    out = capsys.readouterr().out
+    assert all(f"      {c}" in out for c in commits)
 
 
 def test_record_chapter_writes_a_lean_record_with_provenance(tmp_path, monkeypatch):
@@ -86,6 +121,8 @@ def test_record_chapter_writes_a_lean_record_with_provenance(tmp_path, monkeypat
     assert calls == [("core_checks", {})]  # at the defaults: nothing injected
     nb = nbformat.read(tmp_path / "core_checks.ipynb", as_version=4)
     meta = rec.record_of(nb)
+    assert meta["calibration"]["ms_per_step"] == FAKE_CALIBRATION.ms_per_step  # taken just before, stored
+    assert meta["calibration"]["speed_factor"] == pytest.approx(1.5)
     assert meta["wall_seconds"] == 1.5 and meta["parameters"]["injected"] == {}
     assert meta["parameters"]["defaults"]["preset"] == "full"
     assert meta["results_dir"] == str((ROOT / "results").resolve())
@@ -103,24 +140,41 @@ def test_verify_against_a_golden_copy_agrees_and_runs_in_a_fresh_results_folder(
     assert "the rerun reproduces the record" in out and "seconds_hessian" in out and "ignored" in out
 
 
-def test_verify_exits_non_zero_when_a_glued_number_differs(tmp_path, monkeypatch, capsys):
-    glued = glued_values(GOLDEN / "core_checks.ipynb")
-    name = "lambda_max"
-    assert isinstance(glued[name], float)
-
+def _perturber(name: str, value):
     def perturb(nb):
         for cell in nb.cells:
             for output in cell.get("outputs", []):
                 if output.get("metadata", {}).get("scrapbook", {}).get("name") == name:
-                    output["data"]["application/papermill.record/text/plain"] = repr(glued[name] * 1.001)
+                    output["data"]["application/papermill.record/text/plain"] = repr(value)
+    return perturb
 
-    monkeypatch.setattr(build, "execute", fake_execute([], mutate=perturb))
-    status = build.verify("core_checks", against=GOLDEN / "core_checks.ipynb", scratch=tmp_path)
+
+def _golden_on_this_path(tmp_path: Path) -> Path:
+    """The golden copy of core_checks with this process's numerical path recorded, as a record made here has."""
+    nb = nbformat.read(GOLDEN / "core_checks.ipynb", as_version=4)
+    nb.metadata["hessian_record"] = {"name": "core_checks", "numerical_path": rec.current_numerical_path()}
+    path = tmp_path / "reference" / "core_checks.ipynb"
+    rec.write_notebook(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("name, factor, same_path, status, verdict", [
+    ("lambda_max", 1.001, True, 1, "DIFFERS"),          # numerical on the record's path: must agree
+    ("lambda_max", 1.001, False, 0, "not judged"),      # numerical on an unknown path: shown, not judged
+    ("n_check_rows", 2, False, 1, "DIFFERS"),           # exact on any path
+    ("row_error", 1e7, False, 1, "DIFFERS"),            # a conclusion ("at rounding level") on any path
+])
+def test_verify_exit_status_depends_on_the_class_and_the_path(tmp_path, monkeypatch, capsys, name, factor,
+                                                              same_path, status, verdict):
+    glued = glued_values(GOLDEN / "core_checks.ipynb")
+    against = _golden_on_this_path(tmp_path) if same_path else GOLDEN / "core_checks.ipynb"
+    monkeypatch.setattr(build, "execute", fake_execute([], mutate=_perturber(name, glued[name] * factor)))
+    assert build.verify("core_checks", against=against, scratch=tmp_path / "scratch") == status
     out = capsys.readouterr().out
-    assert status == 1
     row = next(line for line in out.splitlines() if line.startswith(name + " "))
-    assert row.rstrip().endswith("DIFFERS")
-    assert "does NOT reproduce" in out
+    assert verdict in row
+    assert ("does NOT reproduce" in out) == (status == 1)
+    assert ("same numerical path" in out) == same_path
 
 
 def test_verify_refuses_a_used_results_folder(tmp_path, monkeypatch):
@@ -129,6 +183,21 @@ def test_verify_refuses_a_used_results_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "execute", fake_execute([]))
     with pytest.raises(SystemExit, match="not empty"):
         build.verify("core_checks", against=GOLDEN / "core_checks.ipynb", scratch=tmp_path)
+
+
+FAKE_CALIBRATION = None
+
+
+@pytest.fixture(autouse=True)
+def _fake_calibration(monkeypatch):
+    """build calibrates before every record execution and --verify: a fixed stand-in here (the real one, ~10 s,
+    is tested in tests/book/test_calibration.py)."""
+    global FAKE_CALIBRATION
+    from hessian_book.calibration import Calibration
+
+    FAKE_CALIBRATION = Calibration(ms_per_step=18.0, step_spread=(17.0, 19.0), gflops=30.0, load_before=0.2,
+                                   load_after=0.3, seconds=10.0, n_blocks=30, block_steps=25)
+    monkeypatch.setattr(build, "calibrate", lambda: FAKE_CALIBRATION)
 
 
 @pytest.fixture(autouse=True)

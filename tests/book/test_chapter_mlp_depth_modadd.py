@@ -147,7 +147,8 @@ def test_depth_table_by_hand():
     table = _fake_result().table
     assert list(table.index) == [1, 2]
     assert table.loc[2, "generalised"] == "2/2" and table.loc[1, "generalised"] == "0/2"
-    assert table.loc[2, "memorised at"] == "100, 50" and table.loc[2, "test ≥ 95 % at"] == "150, 100"
+    assert table.loc[2, "memorised at"] == "100, 50" and table.loc[2, "test ≥ 95 % (held) from"] == "150, 100"
+    assert table.loc[2, "trained steps"] == "200, 200"  # no run of this fake stops by the rule
     assert table.loc[1, "memorised at"] == "–, –" and table.loc[1, "λ_max at grokking"] == "–"
     assert table.loc[1, "final train acc %"] == "65.0 [60.0, 70.0]"
     assert table.loc[1, "λ_max(P⁻¹H) · lr/38: max"] == "1.00 [1.00, 1.00]"
@@ -162,16 +163,15 @@ def test_glued_numbers_by_hand_and_every_role_of_the_prose():
         depths_all_generalised="2", depths_never_generalised="1", depths_stuck="none", depths_underfit="1",
         depths_deep_underfit="none", depths_above_gd="2", depths_at_eos="1", precond_range_at_eos="0.90",
         precond_range_generalised="0.55", n_generalised_at_eos=0, n_seeds=2, n_grok_d1=0, n_grok_d2=2,
-        grok_step_d1="never", grok_step_d2=125, memorised_d1="never", memorised_d2=75, lam_first_increasing="yes",
-        lam_first_monotone_text="larger at every added layer", lam_final_increasing="yes", lam_peak_increasing="yes",
-        lam_final_min_depth=1, lam_final_max_depth=2, lam_first_lo_depth=1, lam_first_hi_depth=2,
+        grok_step_d1="never", grok_step_d2=125, memorised_d1="never", memorised_d2=75, lam_final_min_depth=1,
+        lam_final_max_depth=2, lam_first_lo_depth=1, lam_first_hi_depth=2,
         precond_max_depth=1, first_hessian_step=100, top_k=2, n_hvp_total=45, n_steps_text="200", goal_text="met",
         seed_fraction_depths="1", test_range_deep_underfit="–", train_range_deep_underfit="–")
     for name, value in expected.items():
         assert glued[name] == value, name
     approx = dict(
         eos_adam=1900, eos_gd=100, best_test_acc=100, precond_peak_max=1900, lam_first_d1=8, lam_first_d2=200,
-        lam_first_factor=25, lam_first_lo=8, lam_first_hi=200, lam_final_d1=4, lam_final_d2=20, lam_final_lo=4,
+        lam_first_lo=8, lam_first_hi=200, lam_final_d1=4, lam_final_d2=20, lam_final_lo=4,
         lam_final_hi=20, lam_peak_d1=8, lam_peak_d2=200, lam_peak_lo=8, lam_peak_hi=200, lam_max_overall=400,
         lam_grok_d2=1000 ** 0.25 * 20, precond_ratio_d1=0.9, precond_ratio_d2=0.55, precond_max_overall=1.0,
         final_train_d1=65, final_loss_d1=1.0, final_loss_d2=0.02, final_test_d2=98.5, final_test_d1=25,
@@ -221,7 +221,8 @@ def test_certified_interval_and_word_on_a_dense_reference():
 
     rng = np.random.default_rng(0)
     Q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
-    for planted, word in ((-5.0, "negative"), (-1e-3, "not resolved"), (2.0, "positive")):
+    # a positive λ_min is never certified: the residual bound locates *some* eigenvalue near the Ritz value
+    for planted, word in ((-5.0, "negative"), (-1e-3, "not resolved"), (2.0, "not resolved")):
         lam = np.concatenate([[planted], np.linspace(3.0, 100.0, 79)])
         A = (Q * lam) @ Q.T
         tol = 1e-2
@@ -240,9 +241,14 @@ def test_certified_interval_and_word_on_a_dense_reference():
         low, high, r = chapter.certified_interval(ends.min(), ends.max(), tol)
         reference = np.linalg.eigvalsh(A)
         assert r == pytest.approx(tol * max(abs(ends.min()), abs(ends.max())))
-        assert low <= reference[0] <= high
+        assert reference[0] <= high  # the upper bound on λ_min holds; nothing bounds it from below
+        assert np.min(np.abs(reference - ends.min())) <= r  # an eigenvalue within r of the Ritz value
         assert chapter.certified_word(low, high) == word
     assert chapter.certified_interval(-0.5, 10.0, 0.1) == (-1.5, 0.5, 1.0)
+    # a Ritz value far above the true λ_min (a missed eigenvalue) still yields no positive claim
+    assert chapter.certified_word(1.0, 3.0) == "not resolved" and chapter.certified_word(-3.0, -1.0) == "negative"
+    assert chapter.lam_min_bound_text(-0.1, 0.02) == "≤ -0.08 (negative)"
+    assert chapter.lam_min_bound_text(0.5, 0.02) == "≤ 0.52 (not resolved)"
 
 
 def test_resolution_rounding_by_hand():
@@ -254,11 +260,26 @@ def test_resolution_rounding_by_hand():
     assert chapter.resolved_text(float("nan"), 1.0) == "–"
 
 
-def test_increase_word_and_ratio_summary_by_hand():
-    assert chapter.increase_word([[1, 2], [3, 4], [5, 9]]).startswith("holds, with the seed ranges")
-    assert chapter.increase_word([[1, 4], [3, 5]]).startswith("holds for the geometric means")
-    assert chapter.increase_word([[4, 4], [1, 2]]) == "does not hold at every added layer"
-    assert chapter.increase_word([[1.0]]) == "is not tested (one depth)"
+def test_depth_slopes_over_all_runs_by_hand():
+    # 3 depths × 2 seeds, λ_max ×10 per layer in both seeds, seed 1 twice seed 0: slope 1 decade per layer
+    per_run = pd.DataFrame({"depth": [1, 2, 3, 1, 2, 3], "seed": [0, 0, 0, 1, 1, 1],
+                            "lam_max_first": [1.0, 10.0, 100.0, 2.0, 20.0, 200.0],
+                            "lam_max_final": [5.0, 1.0, 5.0, 1.0, 5.0, 1.0]})
+    tests = chapter.depth_slopes(per_run, n_permutations=999)
+    first = tests["lam_max_first"]
+    assert first.estimate == pytest.approx(1.0) and first.primary and first.family_size == 2
+    # 6 runs allow 36 within-seed arrangements; 2 are as extreme as the observed one: p near 2/36 > 5 %
+    assert first.p_value == pytest.approx(2 / 36, abs=0.03) and first.direction() == "shows no clear trend"
+    assert "×10 per added layer" in chapter.slope_sentence(first)
+    assert tests["lam_max_final"].estimate == pytest.approx(0.0, abs=1e-12)
+    # seven depths × three seeds with a clear trend: a verdict
+    rng = np.random.default_rng(0)
+    depth, seed = np.tile(np.arange(1, 8), 3), np.repeat(np.arange(3), 7)
+    big = pd.DataFrame({"depth": depth, "seed": seed, "lam_max_first": 10 ** (0.3 * depth + rng.normal(0, 0.1, 21)),
+                        "lam_max_final": 10 ** rng.normal(0, 0.1, 21)})
+    tests = chapter.depth_slopes(big, n_permutations=999)
+    assert tests["lam_max_first"].direction() == "increases" and tests["lam_max_first"].low > 0
+    assert tests["lam_max_final"].direction() == "shows no clear trend"
     median, spread = chapter.ratio_summary([1.5, np.nan, 3.0, 2.0])
     assert median == 2.0 and spread == "1.5–3.0"
     assert math.isnan(chapter.ratio_summary([np.nan])[0]) and chapter.ratio_summary([])[1] == "–"
@@ -277,21 +298,24 @@ def test_verdicts_computed_from_the_runs_and_withheld_at_the_smoke_preset():
     assert row.loc[(1, 0), "lam_min_word"] == "negative"  # resolution 0.01 × 2 = 0.02
     glued = result.glued()
     assert glued["delay_ratio_d2"] == pytest.approx(1.75) and glued["delay_ratio_range_d2"] == "1.5–2.0"
-    assert glued["n_groks_d2"] == 0 and glued["outcome_d2"] == "generalises"
-    assert glued["outcome_d1"] == "does not generalise"
+    assert glued["n_groks_d2"] == 0 and glued["outcome_d2"] == "generalises within 200 steps"
+    assert glued["outcome_d1"] == "does not generalise within 200 steps"
     assert "delay ratio of 1.8" in glued["grokking_sentence"] and "0 of its 2 runs grok" in glued["grokking_sentence"]
-    assert glued["claim_depth2_text"] == "none of the 2 runs at depth 2 groks by this book's definition"
+    assert glued["claim_depth2_text"] == ("none of the 2 runs at depth 2 groks within 200 steps by this book's "
+                                         "definition")
     assert glued["claim_deep_text"].startswith("no depth of 4 or more was run")
     assert "depths 1 did not generalise" in glued["claim_deep_text"]
-    assert glued["claim_increase_text"] == ("at step 100 the claim holds, with the seed ranges of consecutive "
-                                            "depths separated; at the end of training it holds, with the seed "
-                                            "ranges of consecutive depths separated")
-    assert glued["seed_fraction_text"] == "no run at depths 1 reached 95 % test accuracy"
+    assert glued["claim_increase_text"].startswith("at step 100, λ_max shows no clear trend with depth: ×25 per "
+                                                   "added layer")  # two depths × two seeds cannot give a verdict
+    assert "at the end of each run, it shows no clear trend with depth" in glued["claim_increase_text"]
+    assert glued["lam_first_factor"] == pytest.approx(25) and glued["slope_sim_fwer"] <= 6.4
+    assert glued["seed_fraction_text"] == ("no run at depths 1 generalised (test accuracy held >= 95 %) within 200 "
+                                      "steps")
     assert glued["depths_eos_memorised"] == "none" and glued["depths_eos_fitting"] == "1"
     assert glued["decay_steps"] == pytest.approx(1 / (0.02 * 3.0))
-    assert (glued["n_lam_min_negative"], glued["n_lam_min_unresolved"], glued["n_lam_min_positive"]) == (2, 2, 0)
+    assert (glued["n_lam_min_negative"], glued["n_lam_min_unresolved"]) == (2, 2)
     assert glued["lam_min_resolution_max"] == pytest.approx(0.4)
-    assert "-0.10 ± 0.02 (negative)" in result.table.loc[1, "λ_min final (certified)"]
+    assert "≤ -0.08 (negative)" in result.table.loc[1, "λ_min final: certified bound"]
     assert result.table.loc[2, "delay ratio"] == "1.5, 2.0" and result.table.loc[2, "groks"] == "0/2"
     smoke = chapter.Result(**{**result.__dict__, "config": chapter.Config(**{**result.config.__dict__,
                                                                               "preset": "smoke"})})

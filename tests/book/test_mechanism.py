@@ -283,3 +283,127 @@ def test_probes_separate_linear_labels_and_not_random_ones():
     scores = probe_with_controls(X, rng.standard_normal((800, 10)), separable, n_shuffles=2, seed=0)
     assert scores.trained > 0.95 and scores.at_init < 0.65 and scores.shuffled < 0.65
     assert 0.4 < scores.chance < 0.65
+
+
+# ---- the mechanistic test: subspace-level alignment, the permutation null, controls, error rates ---------------
+
+from hessian_book.mechanism import (CIRCUIT_TESTS, EPS_GRID, circuit_test, circuit_tests,  # noqa: E402
+                                    decision_error_rates, eigen_clusters, frequency_alignment, frequency_set_draws,
+                                    hessian_top_eigenpairs, planted_curvature_operator, planted_eigenpairs,
+                                    principal_cosines)
+from hessian_core import lanczos  # noqa: E402
+
+CKEYS = [3, 7, 9]  # three key frequencies of the 11 at p = 23: 165 sets, so the permutation null is exact
+
+
+@pytest.fixture(scope="module")
+def small():
+    return ModAddTransformer(P, 8, 1, 16, seed=0)
+
+
+def test_alignment_is_a_subspace_measure(small):
+    rng = np.random.default_rng(0)
+    sl = block_slices(small)["W_E"]
+    n = sl.stop - sl.start
+    Q = torch.linalg.qr(torch.as_tensor(rng.standard_normal((n, 3))))[0]
+    R = torch.linalg.qr(torch.as_tensor(rng.standard_normal((3, 3))))[0]
+    a, cos = frequency_alignment(Q, small, "W_E")
+    a_rot, cos_rot = frequency_alignment(Q @ R, small, "W_E")
+    # any rotation inside the span leaves it unchanged (degenerate clusters have arbitrary Ritz vectors)
+    assert np.allclose(a, a_rot, atol=1e-12) and np.allclose(cos, cos_rot, atol=1e-10, equal_nan=True)
+    assert a.sum() <= 1 + 1e-12 and (a >= 0).all()
+    # a plane inside frequency 7's subspace: alignment 1 there, 0 elsewhere, both principal cosines 1
+    u = torch.zeros(8, dtype=torch.float64)
+    u[2] = 1.0
+    plane = token_subspace_basis(small, "W_E", frequency_rows(P, [7])) @ torch.kron(
+        torch.eye(2, dtype=torch.float64), u.reshape(-1, 1))
+    a, cos = frequency_alignment(plane, small, "W_E")
+    assert a[7] == pytest.approx(1.0) and np.delete(a, 7).sum() == pytest.approx(0.0, abs=1e-12)
+    assert np.allclose(cos[7], 1.0)
+
+
+def test_the_permutation_null_is_exact_for_small_sets_and_sampled_otherwise():
+    sets, exact = frequency_set_draws(P, 3, 100, np.random.default_rng(0))
+    assert exact and len(sets) == 165 and len({tuple(s) for s in sets}) == 165
+    sets, exact = frequency_set_draws(113, 5, 200, np.random.default_rng(0))
+    assert not exact and sets.shape == (200, 5) and all(len(set(s)) == 5 for s in sets)
+    with pytest.raises(ValueError, match="size"):
+        frequency_set_draws(P, 11, 10, np.random.default_rng(0))
+
+
+def test_truncated_cluster_is_not_read(small):
+    values, vectors = planted_eigenpairs(small, CKEYS, block="W_E", k=10, seed=0)
+    values[-2:] = values[-3]                                       # the last cluster now holds the k-th value
+    c = eigen_clusters(values, vectors, small, "W_E", 0.02)
+    assert all(9 not in m for m in c.members)
+
+
+@pytest.mark.parametrize("eps", EPS_GRID)
+def test_positive_control_planted_curvature_answers_yes(small, eps):
+    """A curvature operator on the model's parameters whose top eigenspaces are provably the key planes (see
+    planted_curvature_operator): Lanczos finds them, and the test answers yes at every ε of the grid; the same
+    spectrum on random planes (no frequency structure) answers no."""
+    for structure, answer in ((True, "yes"), (False, "no")):
+        op = planted_curvature_operator(small, CKEYS, block="W_E", structure=structure, seed=1)
+        values, vectors = lanczos(op, 12, which="largest", tol=1e-10, return_vectors=True, progress=False)
+        order = np.argsort(values)[::-1]
+        values, vectors = np.asarray(values)[order], np.asarray(vectors)[:, order]
+        assert np.allclose(values[:6], [1, 1, 0.85, 0.85, 0.7, 0.7], atol=1e-8)
+        t = circuit_tests(values, vectors, small, CKEYS, block="W_E", eps_grid=[eps], n_draws=200)[0]
+        assert t.exact and t.answer == answer, (structure, t)
+        if structure:
+            assert t.statistic["same-key pairs"] == 3 and t.statistic["clusters are key frequencies"] > 0.999
+
+
+def _hessian_answers(model, key, batch, k=12):
+    values, vectors = hessian_top_eigenpairs(model, batch, k, tol=1e-6)
+    block = "W_E"
+    return [t.answer for t in circuit_tests(values, vectors, model, key, block=block, n_draws=200)]
+
+
+def test_negative_controls_answer_no(small):
+    """The untrained model and a weight-decay-0 model trained to memorise a 30 % split answer "no" at every ε."""
+    tokens = all_pairs(P)
+    labels = (tokens[:, 0] + tokens[:, 1]) % P
+    rng = np.random.default_rng(0)
+    train = torch.as_tensor(rng.permutation(len(tokens))[: int(0.3 * len(tokens))])
+    batch = (tokens[train], labels[train])
+    assert _hessian_answers(small, CKEYS, batch) == ["no"] * len(EPS_GRID)
+    memoriser = ModAddTransformer(P, 8, 1, 16, seed=0)
+    opt = torch.optim.AdamW(memoriser.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(memoriser(batch[0]), batch[1]).backward()
+        opt.step()
+    assert evaluate(memoriser, batch)["accuracy"] > 0.9              # it memorised
+    assert _hessian_answers(memoriser, CKEYS, batch) == ["no"] * len(EPS_GRID)
+
+
+def test_decision_false_positive_rate_and_power(small):
+    """At the draws the chapter uses: 1,000 rotated nulls (the planted spectrum, no frequency structure) and 200
+    planted cases per strength. Each test's rejection rate on the nulls is at most 5 % within Monte-Carlo error
+    (3 sd), the whole decision's is at most 5 %, and the planted effect at full strength is found every time."""
+    rates = decision_error_rates(small, CKEYS, block="W_E", k=12, n_sims=1000, n_power=200, n_draws=200,
+                                 eps=0.02, strengths=(1.0, 0.7, 0.5, 0.3))
+    print(rates)
+    bound = 0.05 + 3 * np.sqrt(0.05 * 0.95 / 1000)
+    assert all(rates[f"fp_{name}"] <= bound for name in CIRCUIT_TESTS)
+    assert rates["false_positive"] <= bound
+    assert rates["power_1"] >= 0.95 and rates["power_0.7"] >= 0.8
+    assert rates["power_0.3"] <= rates["power_0.5"] <= rates["power_0.7"] <= rates["power_1"]
+
+
+def test_non_key_sets_are_not_a_valid_null(small):
+    """Why the null is the permutation of frequency labels: sets of non-key frequencies reject far beyond 5 % on
+    the rotated null (the key set is not exchangeable with them)."""
+    rates = decision_error_rates(small, CKEYS, block="W_E", k=12, n_sims=300, n_power=1, n_draws=200, eps=0.02,
+                                 strengths=(), draws="non-key")
+    assert rates["fp_concentration"] > 0.10
+
+
+def test_principal_cosines():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((30, 4))
+    assert np.allclose(principal_cosines(A, A @ rng.standard_normal((4, 4))), 1.0)
+    B = np.linalg.qr(rng.standard_normal((30, 30)))[0]
+    assert np.allclose(principal_cosines(B[:, :3], B[:, 3:6]), 0.0, atol=1e-12)

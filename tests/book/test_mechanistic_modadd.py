@@ -12,8 +12,8 @@ import torch
 
 from hessian_book.chapters import grokking_modadd, mechanistic_modadd, mlp_depth_modadd
 from hessian_book.chapters.mechanistic_modadd import (Config, ablation_word, circle_ratio,
-                                                      cluster_frequency_agreement, concentration_word, pooled_share,
-                                                      probe_run, stand_in_frequencies)
+                                                      concentration_word, pooled_share, probe_run,
+                                                      stand_in_frequencies)
 from hessian_book.circuit import planted_circuit_model
 from hessian_book.config import ConfigError
 from hessian_book.fourier import fourier_basis
@@ -34,15 +34,18 @@ def test_presets_build_and_pass_down_to_the_chapters_read():
 
 
 def test_explicit_values_override_the_preset():
-    config = Config.from_parameters({"preset": "smoke", "n_eigenvectors": 4, "grokking": {"n_steps": 200}})
-    assert config.n_eigenvectors == 4 and config.grokking.n_steps == 200 and config.grokking.p == 23
+    config = Config.from_parameters({"preset": "smoke", "n_eigenvectors": 9, "grokking": {"n_steps": 200}})
+    assert config.n_eigenvectors == 9 and config.grokking.n_steps == 200 and config.grokking.p == 23
 
 
 @pytest.mark.parametrize("parameters, name", [
     ({"picks": []}, "picks="), ({"picks": ["late"]}, "picks="), ({"picks": ["after", "after"]}, "picks="),
     ({"matrices": ["fisher"]}, "matrices="), ({"n_eigenvectors": 1}, "n_eigenvectors="),
     ({"n_ablation_draws": 19}, "n_ablation_draws="), ({"n_null": 10}, "n_null="), ({"n_boot": 0}, "n_boot="),
-    ({"cluster_eps": 0.0}, "cluster_eps="), ({"probe_fraction": 1.0}, "probe_fraction="),
+    ({"cluster_eps": 0.0}, "cluster_eps="), ({"cluster_eps": 0.03}, "cluster_eps="),
+    ({"eps_grid": []}, "eps_grid="), ({"eps_grid": [0.02, -1.0]}, "eps_grid="), ({"n_test_draws": 50}, "n_test_draws="),
+    ({"n_error_sims": 10}, "n_error_sims="), ({"n_eigenvectors": 6}, "n_eigenvectors="),
+    ({"probe_fraction": 1.0}, "probe_fraction="),
     ({"probe_widths": [16, 16]}, "probe_widths="), ({"probe_widths": [0]}, "probe_widths="),
     ({"probe_seeds": []}, "probe_seeds="), ({"probe_ridge": -1.0}, "probe_ridge="),
     ({"scheduler": "nowhere"}, "scheduler="), ({"grokking": {"p": 24}}, "p="), ({"depth": {"p": 96}}, "depth.p="),
@@ -83,21 +86,11 @@ def test_pooled_share_weights_vectors_by_their_block_weight():
     assert pooled_share(V, model, "W_E", frequency_rows(23, [3])) == pytest.approx(1 / (1 + 1 / 26), rel=1e-9)
 
 
-def test_cluster_frequency_agreement_by_hand():
-    rng = np.random.default_rng(0)
-    values = np.array([10.0, 9.99, 5.0, 4.995, 1.0])
-    matching = cluster_frequency_agreement(values, np.array([3, 3, 7, 7, 1]), [3, 7], 0.1, rng, 100)
-    assert matching["n_clusters"] == 3 and matching["n_pairs"] == 2 and matching["n_pairs_same_key"] == 2
-    assert matching["ari"] == pytest.approx(1.0) and matching["ari"] > matching["ari_q95"]
-    crossed = cluster_frequency_agreement(values, np.array([3, 7, 3, 7, 1]), [3, 7], 0.1, rng, 100)
-    assert crossed["n_pairs_same_key"] == 0 and crossed["ari"] < matching["ari"]
-
-
 def test_words_render_no_verdict_at_the_smoke_preset():
     assert concentration_word(0.9, 0.1, smoke=True) == mechanistic_modadd.SMOKE_WORDS
-    assert concentration_word(0.9, 0.1, smoke=False).startswith("concentrates")
-    assert concentration_word(0.05, 0.1, smoke=False).startswith("does not")
-    assert concentration_word(0.05, 0.1, smoke=False, null_q05=0.06).startswith("avoids")
+    assert concentration_word(0.9, 0.1, smoke=False).startswith("lies above")
+    assert concentration_word(0.05, 0.1, smoke=False).startswith("lies inside")
+    assert concentration_word(0.05, 0.1, smoke=False, null_q05=0.06).startswith("lies below")
     assert ablation_word(0.0, 1.0, np.array([0.9, 1.0]), smoke=True) == mechanistic_modadd.SMOKE_WORDS
     assert ablation_word(0.01, 1.0, np.array([0.9, 1.0]), smoke=False).startswith("hurts more than every one of "
                                                                                     "the 2")
@@ -144,7 +137,8 @@ def test_run_glues_every_name_of_the_prose(smoke):
 
 def test_tables_are_dataframes_with_shares_in_range(smoke):
     config, result = smoke
-    for table in (result.effects, result.concentration, result.clusters, result.probes, result.ablation_table()):
+    for table in (result.effects, result.concentration, result.circuit, result.controls, result.probes,
+                  result.ablation_table()):
         assert isinstance(table, pd.DataFrame) and len(table)
     shares = result.concentration.share.dropna()
     assert ((shares >= 0) & (shares <= 1 + 1e-9)).all()
@@ -160,10 +154,13 @@ def test_rerun_reads_the_stores(smoke, monkeypatch):
     import hessian_book.mechanism as mechanism
 
     monkeypatch.setattr(mechanistic_modadd, "curvature_eigenpairs", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(mechanistic_modadd, "hessian_top_eigenpairs", lambda *a, **k: pytest.fail("recomputed"))
     monkeypatch.setattr(mechanistic_modadd, "_analyse_mlp", lambda *a, **k: pytest.fail("recomputed"))
     again = mechanistic_modadd.run(config, progress=False)
     pd.testing.assert_frame_equal(again.concentration, result.concentration)
     pd.testing.assert_frame_equal(again.probes, result.probes)
+    pd.testing.assert_frame_equal(again.circuit, result.circuit)
+    pd.testing.assert_frame_equal(again.controls, result.controls)
     assert mechanism  # imported for the monkeypatch target's module
 
 
@@ -181,24 +178,31 @@ def test_figures_draw(smoke):
             plt.close(fig)
 
 
-def test_claim_sentence_reads_the_three_tests():
-    from hessian_book.chapters.mechanistic_modadd import claim_sentence
-
-    names = ("concentrates", "clusters are frequencies", "cluster ablation hurts more")
-    assert "is supported: all three" in claim_sentence(dict.fromkeys(names, True), "after", grokked=True,
-                                                        has_key=True)
-    assert "is not supported" in claim_sentence(dict.fromkeys(names, False), "after", grokked=True, has_key=True)
-    partly = claim_sentence({"concentrates": True, "clusters are frequencies": False,
-                             "cluster ablation hurts more": False}, "after", grokked=True, has_key=True)
-    assert "only in part: passed concentrates; failed clusters are frequencies" in partly
-    assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=False, has_key=True)
-    assert "cannot be tested" in claim_sentence(dict.fromkeys(names, True), "after", grokked=True, has_key=False)
+def test_smoke_controls_answer_as_they_must(smoke):
+    """In the smoke run: the weight-decay-0 run (at every pick) and the untrained model answer no, the planted key
+    planes yes and the planted random planes no, at every ε; the glued words say so."""
+    config, result = smoke
+    ctl = result.controls
+    assert set(ctl.control) == {"weight decay 0 (negative)", "untrained (negative)",
+                                "planted key planes (positive)", "planted random planes (negative)"}
+    assert (ctl.answer == ctl.must).all(), ctl[["control", "pick", "eps", "answer", "must"]]
+    assert len(ctl) == (3 + 1 + 1 + 1) * len(config.eps_grid)
+    glued = result.glued()
+    assert glued["controls_ok"].startswith("every control answers as it must")
+    assert glued["control_planted"] == "yes at after" and glued["control_untrained"] == "no at init"
+    assert glued["fpr_pct"] <= 5.0 and glued["power_full_pct"] == 100.0
+    # the test ran on every run of the recipe at before, during, after, at every ε
+    assert set(result.circuit.pick) == {"before", "during", "after"}
+    assert len(result.circuit) == result.circuit.run.nunique() * 3 * len(config.eps_grid)
+    assert ((result.circuit.filter(like="p Holm") >= 0) & (result.circuit.filter(like="p Holm") <= 1)).all().all()
+    assert len(result.subsample["cosines"]) == config.n_eigenvectors
 
 
 def test_eigenpairs_read_the_grokking_chapters_dense_spectrum_where_it_exists(tmp_path):
     """A stored full spectrum of the grokking chapter is read instead of Lanczos, and agrees with Lanczos."""
-    config = Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path), "n_eigenvectors": 3,
-                                     "grokking": {"n_steps": 60, "sparse_every": 1000, "n_log_checkpoints": 4}})
+    config = Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path), "n_eigenvectors": 7,
+                                     "grokking": {"n_steps": 60, "sparse_every": 1000, "n_log_checkpoints": 4,
+                                                  "n_vectors": 7, "log_grid_end": 60}})
     g = config.grokking
     run = grokking_modadd.main_run(g, progress=False)
     step = run.checkpoint_steps[-1]
@@ -212,3 +216,25 @@ def test_eigenpairs_read_the_grokking_chapters_dense_spectrum_where_it_exists(tm
     assert np.allclose(dense_pairs.bottom_values, lanczos_pairs.bottom_values, atol=1e-4 * lanczos_pairs.top_values[0])
     overlap = np.abs(np.sum(dense_pairs.top_vectors[:, :1] * lanczos_pairs.top_vectors[:, :1]))
     assert overlap > 0.99
+
+
+def test_answer_counts_the_generalised_runs_with_key_frequencies(smoke):
+    """The non-smoke answer, from the smoke run's tables relabelled: runs are counted only when they generalised
+    and have key frequencies, the count is read per pick at the primary ε, and a control that answers wrongly
+    replaces the answer by "No answer"."""
+    import dataclasses
+
+    config, result = smoke
+    full = dataclasses.replace(result, config=dataclasses.replace(config, preset="full"))
+    assert full.glued()["answer"].startswith("None of the")
+    circuit = result.circuit.copy()
+    first = circuit.run == circuit.run.iloc[0]
+    circuit.loc[first, ["generalised", "has_key"]] = True
+    circuit.loc[first & (circuit.pick == "after"), "answer"] = "yes"
+    glued = dataclasses.replace(full, circuit=circuit).glued()
+    assert glued["circuit_n_runs"] == 1 and glued["circuit_yes_after"] == 1 and glued["circuit_yes_before"] == 0
+    assert "in 1 of 1 runs after the transition" in glued["answer"]
+    controls = result.controls.copy()
+    controls.loc[controls.control == "untrained (negative)", "answer"] = "yes"
+    wrong = dataclasses.replace(full, circuit=circuit, controls=controls).glued()
+    assert wrong["answer"].startswith("No answer: the test does not answer as it must on untrained (negative)")

@@ -1,8 +1,9 @@
-"""The golden (smoke-preset, executed) notebooks that nbval re-runs must match their Jupytext sources.
+"""The golden (smoke-preset, executed) notebooks must match their Jupytext sources.
 
-nbval (``--nbval-lax``) re-executes ``tests/golden/*.ipynb`` and compares the outputs of cells tagged
-``nbval-check-output``. This test makes sure those golden copies were made from the current ``notebooks/*.md``:
-an edited source without a regenerated golden copy (``python book/build.py --golden``) fails here.
+``tests/book/test_smoke.py`` executes each smoke notebook once and compares every glued value, and the outputs of
+the cells tagged ``nbval-check-output`` (as nbval compares them), with ``tests/golden/*.ipynb``. This test makes
+sure those golden copies were made from the current ``notebooks/*.md``: an edited source without a regenerated
+golden copy (``python book/build.py --golden``) fails here.
 """
 
 from pathlib import Path

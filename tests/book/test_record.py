@@ -204,6 +204,12 @@ def test_provenance_fields(tmp_path):
     assert meta["wall_seconds"] == 12.3
     assert meta["results_written"] == {"bytes": 1000, "files": 1}
     assert meta["n_glued"] == 3
+    # the numerical path of this (pinned: tests/conftest.py) process, which an executing kernel inherits
+    path = meta["numerical_path"]
+    assert path["pinned"] is True and path["aten_capability"] == "AVX2" and path["mkl_cnr"] in ("AVX2", "AUTO")
+    assert path["cpu"]["model"] == meta["machine"]["cpu"] and "avx2" in path["cpu"]["flags"]
+    assert path["torch"]["version"].startswith(meta["packages"]["torch"].split("+")[0])
+    assert {p["internal_api"] for p in path["threadpools"]} >= {"openblas", "openmp"}
 
 
 def test_timings_fall_back_to_glued_wall_times_of_the_golden_copies():
@@ -298,6 +304,9 @@ def test_page_of_a_record_carries_the_provenance_note(tmp_path):
     assert "The record" in note and "Smoke" not in note
     assert "{ref}`reproducibility <repro-chapter>`" in note and "1 commit(s)" in note
     assert f"{nb.metadata['hessian_record']['machine']['cores']} cores" in note
+    assert "Numerics: pinned numerical path on" in note and "ATen AVX2, MKL branch " in note
+    del nb.metadata["hessian_record"]["numerical_path"]  # a record made before the path was kept
+    assert "numerical path not recorded" in rec.page(nb, status=status).cells[1].source
 
 
 # --- ordering -------------------------------------------------------------------------------------------------
@@ -333,9 +342,9 @@ def test_verify_agrees_within_tolerance_and_ignores_wall_times():
     assert all(r.ok for r in rows), ver.format_table(rows)
     verdicts = {r.name: r.verdict for r in rows}
     assert verdicts["seconds_train"].startswith("ignored") and verdicts["goal_text"].startswith("ignored")
-    assert verdicts["lam"] == "agrees" and verdicts["nan_value"] == "agrees"
+    assert verdicts["lam"] == "agrees (to rounding)" and verdicts["nan_value"] == "agrees (bitwise)"
     table = ver.format_table(rows)
-    assert "key" in table.splitlines()[0] and "agrees?" in table.splitlines()[0]
+    assert "key" in table.splitlines()[0] and "class" in table.splitlines()[0]
     assert "the rerun reproduces the record" in table.splitlines()[-1]
 
 
@@ -361,9 +370,11 @@ def test_verify_reports_missing_names_on_either_side():
     assert {r.name: r.verdict for r in rows} == {"a": "agrees", "b": "MISSING in rerun", "c": "MISSING in record"}
 
 
-def test_verify_rules_can_be_overridden_per_key():
-    rules = [("lam", ver.Rule(rtol=1e-3)), ("noise", ver.Rule(ignore=True, why="random"))]
-    rows = ver.compare_glued({"lam": 1.0, "noise": 0.1}, {"lam": 1.0005, "noise": 0.9}, rules=rules)
+def test_verify_classes_can_be_declared_per_key():
+    from hessian_book.glue import ignored, numerical
+
+    classes = {"lam": numerical(rtol=1e-3), "noise": ignored("random")}
+    rows = ver.compare_glued({"lam": 1.0, "noise": 0.1}, {"lam": 1.0005, "noise": 0.9}, classes=classes)
     assert all(r.ok for r in rows)
     assert not ver.compare_glued({"lam": 1.0}, {"lam": 1.0005})[0].ok
 
@@ -405,7 +416,25 @@ def test_reproducibility_section_of_a_record(tmp_path):
     text = reproducibility.chapter_section("chapter", meta, status)
     assert "(repro-chapter)=" in text and "python book/build.py --verify chapter" in text
     assert "| train | 1.0 s |" in text and "| n_steps | 10 |" in text
+    assert "- **Numerics**: pinned numerical path on" in text
     meta["timings"] = {"seconds_total": 1883.3, "wall_minutes": 31.4}
     text = reproducibility.chapter_section("chapter", meta, status)
     assert "| seconds_total | 1883.3 s |" in text and "| wall_minutes | 31.4 min |" in text
     assert "abc123 core: change" in text and "cores" in text
+
+
+def test_reproducibility_page_says_what_to_expect_from_the_records_numerical_paths():
+    import reproducibility
+
+    def meta(cpu, pinned=True):
+        return {"numerical_path": {"pinned": pinned, "cpu": {"model": cpu, "simd_flags": ["avx2", "fma"]},
+                                   "aten_capability": "AVX2" if pinned else "AVX512", "settings": {}}}
+
+    text = reproducibility.numerics_section({"a": meta("AMD EPYC"), "b": {"date": "x"}, "c": None})
+    assert "(repro-numerics)=" in text and "`MKL_CBWR=AVX2`" in text and "HESSIAN_NUMERICS=portable" in text and "HESSIAN_UNPINNED=1" in text
+    assert "1 record(s) ran on the pinned path (a), on AMD EPYC" in text
+    assert "1 were made before the path was pinned and recorded (b)" in text
+    assert "agree bitwise (bitwise agreement is shown on AMD EPYC only" in text
+    assert "whose path is not pinned (b), expect statistical agreement only" in text
+    both = reproducibility.numerics_section({"a": meta("AMD EPYC"), "b": meta("Intel Xeon"), "c": meta("X", False)})
+    assert "from 2 CPU models (AMD EPYC, Intel Xeon)" in both and "1 ran unpinned (c)" in both
