@@ -1,7 +1,9 @@
-"""Build the HTML book from the paper of record (``record/``), executing only what is missing or stale.
+"""Build the HTML book from the paper of record (``record/``), executing only what is asked for.
 
-    python book/build.py                      # the book from record/; executes a chapter only where its record
-                                              # is missing or stale (code cells or parameters cell changed)
+    python book/build.py                      # the book from record/; executes nothing: a chapter whose record
+                                              # is missing (or stale: code cells or parameters cell changed) is
+                                              # shown from its smoke copy in tests/golden/ (or its stale record)
+                                              # with a banner naming the command that records it
     python book/build.py --plan               # one line per chapter: state, estimated time (cost model, at the
                                               # reference speed) against its budget, library commits since its
                                               # record; then stop (--calibrate: also at this machine's speed now;
@@ -172,8 +174,9 @@ def plan(names: list[str], forced: set[str], *, record_dir: Path | None = None, 
     build will execute, in execution order; return (to execute, statuses)."""
     record_dir = record_dir or RECORD
     statuses = [rec.staleness(n, record_dir=record_dir) for n in names]
-    todo = rec.execution_order([s.name for s in statuses if s.needs_execution or s.name in forced],
-                               book=BOOK_NOTEBOOKS)
+    # Only what was asked for executes: a missing or stale record is rendered from its smoke copy or as it stands,
+    # with a banner naming the command that records it (record_hint).
+    todo = rec.execution_order([s.name for s in statuses if s.name in forced], book=BOOK_NOTEBOOKS)
     estimated = estimates(names) if estimated is None else estimated
     factor = calibration.speed_factor if calibration is not None else None
     print(f"record/: {len(names)} chapters; estimates from the cost model (book/cost.py) at the reference speed"
@@ -192,6 +195,11 @@ def plan(names: list[str], forced: set[str], *, record_dir: Path | None = None, 
         if verbose:
             for line in s.library_commits:
                 print(f"      {line}", flush=True)
+    unrecorded = [s for s in statuses if s.needs_execution and s.name not in forced]
+    for s in unrecorded:
+        shown = "its smoke copy" if s.state == "missing" else "its stale record"
+        print(f"  {s.name}: not executed unasked; the book shows {shown} with a banner. "
+              f"{record_hint(s.name, estimated.get(s.name))}", flush=True)
     if todo:
         known = [estimated[n].seconds for n in todo if hasattr(estimated.get(n), "seconds")]
         unknown = len(todo) - len(known)
@@ -200,9 +208,19 @@ def plan(names: list[str], forced: set[str], *, record_dir: Path | None = None, 
         print(f"will execute {len(todo)} chapter(s), in this order: {', '.join(todo)}; estimated "
               + (f"{_clock(total)} at the reference speed{now}" if known else "unknown")
               + (f" plus {unknown} chapter(s) of unknown time" if unknown and known else ""), flush=True)
+    elif unrecorded:
+        print(f"nothing to execute: {len(unrecorded)} chapter(s) without a fresh record are shown as they stand "
+              "(--record NAME or --rerun NAME computes them)", flush=True)
     else:
         print("nothing to execute: every record is fresh", flush=True)
     return todo, statuses
+
+
+def record_hint(name: str, estimate=None) -> str:
+    """The command that records ``name`` at its defaults, with the cost model's estimate when there is one."""
+    guess = (f" (estimated {_clock(estimate.seconds)} at the reference speed; `--plan --calibrate`: at this "
+             "machine's speed now)" if hasattr(estimate, "seconds") else "")
+    return f"Record it: `python book/build.py --record {name}`{guess}."
 
 
 def run_with_progress(todo: list[str], estimates: dict[str, float | None], action) -> None:
@@ -220,15 +238,26 @@ def run_with_progress(todo: list[str], estimates: dict[str, float | None], actio
               "elapsed", flush=True)
 
 
-def write_pages(sources: dict[str, Path], statuses: dict[str, rec.Status] | None = None) -> None:
+def write_pages(sources: dict[str, Path], statuses: dict[str, rec.Status] | None = None,
+                hints: dict[str, str] | None = None) -> None:
     """The pages the book shows: lean copies of ``sources[name]`` in notebooks/_executed/, with the provenance
-    note (record) or the smoke banner at the top."""
+    note (record) or the smoke banner at the top; ``hints[name]``: how to record a chapter shown without a fresh
+    record (:func:`record_hint`)."""
     for name, path in sources.items():
         notebook = nbformat.read(path, as_version=4)
         _, removed = rec.lean(notebook)
         for line in removed:
             print(f"  {name} page: removed {line}", flush=True)
-        rec.write_notebook(rec.page(notebook, status=(statuses or {}).get(name)), EXECUTED / f"{name}.ipynb")
+        rec.write_notebook(rec.page(notebook, status=(statuses or {}).get(name), hint=(hints or {}).get(name)),
+                           EXECUTED / f"{name}.ipynb")
+
+
+def record_sources(statuses: dict[str, rec.Status], *, record_dir: Path | None = None
+                   ) -> dict[str, Path]:
+    """What each chapter's page is rendered from: its record (fresh or stale) or, with no record, its smoke copy
+    (``tests/golden/<name>.ipynb``)."""
+    record_dir = record_dir or RECORD
+    return {n: (GOLDEN if s.state == "missing" else record_dir) / f"{n}.ipynb" for n, s in statuses.items()}
 
 
 def write_toc(path: Path = EXECUTED / "_toc.yml") -> Path:
@@ -583,8 +612,12 @@ def main(argv: list[str] | None = None) -> None:
     if not book:
         return
     statuses = {n: rec.staleness(n, record_dir=RECORD) for n in BOOK_NOTEBOOKS}
-    write_pages({n: RECORD / f"{n}.ipynb" for n in BOOK_NOTEBOOKS}, statuses)
+    hints = {n: record_hint(n, estimated.get(n)) for n, s in statuses.items() if s.needs_execution}
+    write_pages(record_sources(statuses), statuses, hints)
     build_book(smoke=False)
+    for name, hint in hints.items():
+        shown = "its smoke copy" if statuses[name].state == "missing" else "its stale record"
+        print(f"note: {name} has no fresh record; the book shows {shown} with a banner. {hint}", flush=True)
 
 
 if __name__ == "__main__":

@@ -501,16 +501,27 @@ def is_smoke(notebook) -> bool:
     return params.get("preset") == "smoke"
 
 
-def page(notebook, *, status: Status | None = None):
-    """The notebook as the book shows it: lean outputs, and at the top a smoke banner (executed at preset smoke)
-    or the provenance note (a record). Earlier inserted cells are replaced."""
+def unrecorded_banner(hint: str) -> str:
+    """The banner of a chapter the book shows from its smoke copy because it has no record at its defaults."""
+    return (":::{admonition} Not recorded yet: a smoke run\n:class: warning\n"
+            "This chapter has no record at its defaults, so this page shows its smoke run: tiny sizes, for CI. Its "
+            "numbers test the machinery; they are not the chapter's results, and it renders no verdict. The build "
+            f"does not compute a chapter unasked. {hint}\n:::\n")
+
+
+def page(notebook, *, status: Status | None = None, hint: str | None = None):
+    """The notebook as the book shows it: lean outputs, and at the top a smoke banner (executed at preset smoke;
+    with ``hint``, the banner of a chapter shown from its smoke copy for want of a record) or the provenance note
+    (a record; ``hint`` is added when it is stale). Earlier inserted cells are replaced."""
     out, _ = lean(notebook)
     out.cells = [c for c in out.cells if PROVENANCE_TAG not in c.metadata.get("tags", [])]
     meta = record_of(out)
     if is_smoke(out):
-        text = SMOKE_BANNER
+        text = unrecorded_banner(hint) if hint else SMOKE_BANNER
     elif meta:
         text = provenance_markdown(meta, status)
+        if hint and status is not None and status.state == "stale":
+            text = text.replace("\n:::\n", f" {hint}\n:::\n")
     else:
         return out
     _insert_after_title(out, nbformat.v4.new_markdown_cell(text, metadata={"tags": [PROVENANCE_TAG]}))

@@ -161,9 +161,10 @@ def render(*, record_dir: Path = RECORD, smoke: bool = False) -> str:
     head += [
         "Every chapter page of this book is the chapter's notebook executed at its defaults and committed in "
         "`record/`, with its provenance in the notebook's metadata (`hessian_record`). `python book/build.py` "
-        "renders the record and executes a chapter only when its record is missing or stale (its code cells or "
-        "its parameters cell changed since); a change of the library since a record is listed here, not "
-        "re-executed. `python book/build.py --rerun NAME` recomputes a chapter, `--verify NAME` re-executes it "
+        "renders the record and computes nothing: a chapter without a record is shown from its smoke copy, one "
+        "whose record is stale (its code cells or its parameters cell changed since) as it stands, each with a "
+        "banner naming the command that records it; a change of the library since a record is listed here, not "
+        "re-executed. `python book/build.py --record NAME` (or `--rerun NAME`) computes a chapter, `--verify NAME` re-executes it "
         "into a fresh results folder and compares every glued value with the record by its class "
         "(`book/verify.py`): exact values (set by the parameters) and conclusions (verdict words, in-range "
         "statements) must agree; computed values agree bitwise on the record's numerical path, and on another "

@@ -75,7 +75,7 @@ def test_plan_says_what_executes_in_dependency_order_and_how_long(tmp_path, caps
                                 estimated=_estimates(core_checks=2, fiedler_lenet=10, grokking_modadd=40,
                                                      mnist_lenet=None))
     out = capsys.readouterr().out
-    assert todo == ["mnist_lenet", "grokking_modadd", "fiedler_lenet"]
+    assert todo == ["grokking_modadd"]  # only what is asked for: missing records are not executed unasked
     assert [s.state for s in statuses] == ["fresh", "missing", "fresh", "missing"]
     lines = out.splitlines()
     for name in names:  # one line per chapter
@@ -85,8 +85,16 @@ def test_plan_says_what_executes_in_dependency_order_and_how_long(tmp_path, caps
     assert ("grokking_modadd      fresh, forced; est. 40.0 min at the reference speed, budget 30 min: OVER; "
             "record 50.0 min") in out
     assert "mnist_lenet          missing (no record); est. unknown (no model); no record" in out
-    assert "will execute 3 chapter(s), in this order: mnist_lenet, grokking_modadd, fiedler_lenet" in out
-    assert "estimated 50.0 min at the reference speed plus 1 chapter(s) of unknown time" in out
+    assert "will execute 1 chapter(s), in this order: grokking_modadd; estimated 40.0 min at the reference speed" \
+        in out
+    assert ("  fiedler_lenet: not executed unasked; the book shows its smoke copy with a banner. Record it: "
+            "`python book/build.py --record fiedler_lenet` (estimated 10.0 min at the reference speed") in out
+    assert "  mnist_lenet: not executed unasked; the book shows its smoke copy with a banner. Record it: " \
+        "`python book/build.py --record mnist_lenet`." in out
+    todo, _ = build.plan(names, {"mnist_lenet", "fiedler_lenet"}, record_dir=tmp_path,
+                         estimated=_estimates(core_checks=2, fiedler_lenet=10, grokking_modadd=40, mnist_lenet=None))
+    assert todo == ["mnist_lenet", "fiedler_lenet"]  # in dependency order
+    assert "estimated 10.0 min at the reference speed plus 1 chapter(s) of unknown time" in capsys.readouterr().out
 
 
 def test_plan_at_the_measured_speed_and_the_commits_only_when_verbose(tmp_path, capsys, monkeypatch):
@@ -233,7 +241,37 @@ def test_plan_flag_executes_nothing(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(build, "RECORD", tmp_path)
     build.main(["--plan"])
     out = capsys.readouterr().out
-    assert f"will execute {len(build.BOOK_NOTEBOOKS)} chapter(s)" in out
+    assert f"nothing to execute: {len(build.BOOK_NOTEBOOKS)} chapter(s) without a fresh record" in out
+
+
+def test_main_command_computes_nothing_unasked_and_banners_what_has_no_record(monkeypatch, capsys, tmp_path):
+    """A fresh clone without records: every page from its smoke copy, each with a banner naming its --record
+    command; a stale record is shown as it stands, with the same hint; nothing executes."""
+    record_dir, executed = tmp_path / "record", tmp_path / "executed"
+    _fake_record(record_dir, "core_checks", 60.0)
+    stale = nbformat.read(record_dir / "core_checks.ipynb", as_version=4)
+    stale.metadata["hessian_record"]["source_hash"] = {"code": "old", "parameters": "old"}
+    stale.metadata["papermill"]["parameters"] = {}  # as a record at the defaults
+    rec.write_notebook(stale, record_dir / "core_checks.ipynb")
+    monkeypatch.setattr(build, "RECORD", record_dir)
+    monkeypatch.setattr(build, "EXECUTED", executed)
+    monkeypatch.setattr(build, "execute", lambda *a, **k: pytest.fail("the main command executes nothing unasked"))
+    monkeypatch.setattr(build, "calibrated", lambda: pytest.fail("nothing to calibrate for"))
+    monkeypatch.setattr(build, "build_book", lambda smoke: None)
+    monkeypatch.setattr(build, "check_tools", lambda **k: None)
+    build.main([])
+    out = capsys.readouterr().out
+    for name in build.BOOK_NOTEBOOKS:
+        page = nbformat.read(executed / f"{name}.ipynb", as_version=4)
+        banners = [c.source for c in page.cells if rec.PROVENANCE_TAG in c.metadata.get("tags", [])]
+        assert len(banners) == 1, name
+        assert f"`python book/build.py --record {name}`" in banners[0], name
+        if name == "core_checks":
+            assert "This record is stale" in banners[0]
+        else:
+            assert "Not recorded yet: a smoke run" in banners[0]
+            assert repr(glued_values(executed / f"{name}.ipynb")) == repr(glued_values(GOLDEN / f"{name}.ipynb"))
+        assert f"note: {name} has no fresh record" in out
 
 
 def test_unknown_chapter_is_named(monkeypatch):
