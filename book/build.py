@@ -15,6 +15,8 @@
                                               # statistical, conclusion; book/verify.py): exit 1 when a
                                               # conclusion or exact value (or, on the record's numerical
                                               # path, a numerical one) disagrees
+    python book/build.py --verify NAME --compare OLD.ipynb   # the same table for an executed notebook (e.g. an
+                                              # earlier record) against record/NAME.ipynb; executes nothing
     python book/build.py --preset smoke       # every notebook with preset="smoke" (fast) into notebooks/_executed/,
                                               # each once, in dependency order, sharing one temporary results
                                               # folder; then the smoke book (pages carry a smoke banner)
@@ -312,9 +314,12 @@ def build_book(*, smoke: bool) -> None:
     print(f"book: {ROOT / '_build' / 'html' / 'index.html'} (Sphinx build {time.perf_counter() - start:.0f} s)")
 
 
-def verify(name: str, *, against: Path | None = None, scratch: Path | None = None) -> int:
+def verify(name: str, *, against: Path | None = None, scratch: Path | None = None,
+           compare: Path | None = None) -> int:
     """Re-execute ``name`` with the reference's parameters and a fresh results folder; compare every glued value
-    with the reference (default ``record/<name>.ipynb``). Returns the exit status (0: reproduced)."""
+    with the reference (default ``record/<name>.ipynb``). With ``compare`` (an executed notebook of ``name``, e.g.
+    another record) nothing executes: that notebook is compared with the reference as a rerun would be, on the
+    numerical path its provenance records. Returns the exit status (0: reproduced)."""
     from hessian_book.numerics import describe_path, path_differences
     from verify import chapter_classes, compare_glued, format_table, reproduced
 
@@ -324,6 +329,8 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
     ref = nbformat.read(reference, as_version=4)
     parameters = rec.executed_parameters(ref)
     parameters.update((rec.record_of(ref) or {}).get("parameters", {}).get("injected") or {})
+    if compare is not None:
+        return _compare_executed(name, ref, reference, Path(compare))
     if not against:
         status = rec.staleness(name, record_dir=RECORD)
         if status.state == "stale":
@@ -351,6 +358,26 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
                          same_path=not differences)
     print(f"re-executed in {_clock(seconds)} ({_clock(calibration.to_reference(seconds))} at the reference speed) "
           f"into {out}\n")
+    print(format_table(rows, path_note=path_note))
+    return 0 if reproduced(rows) else 1
+
+
+def _compare_executed(name: str, ref, reference: Path, other: Path) -> int:
+    """:func:`verify` without executing: ``other`` (an executed notebook) against ``ref`` (read from
+    ``reference``), each on the numerical path its own provenance records."""
+    from hessian_book.numerics import describe_path, path_differences
+    from verify import chapter_classes, compare_glued, format_table, reproduced
+
+    if not other.is_file():
+        sys.exit(f"--compare: no {other}")
+    paths = [(rec.record_of(nb) or {}).get("numerical_path") for nb in (ref, nbformat.read(other, as_version=4))]
+    differences = path_differences(*paths)
+    path_note = (f"reference ({reference}): {describe_path(paths[0])}\ncompared ({other}): {describe_path(paths[1])}\n"
+                 + ("same numerical path: numerical values compared bitwise (or to rounding)" if not differences
+                    else "numerical paths differ (" + "; ".join(differences) + "): computed values judged "
+                    "against the uncertainty the chapter measures (statistical), or shown, not judged"))
+    rows = compare_glued(glued_values(reference), glued_values(other), classes=chapter_classes(name),
+                         same_path=not differences)
     print(format_table(rows, path_note=path_note))
     return 0 if reproduced(rows) else 1
 
@@ -530,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", type=Path, help="--verify: the executed notebook to compare with "
                         "(default record/NAME.ipynb), e.g. tests/golden/NAME.ipynb")
     parser.add_argument("--scratch", type=Path, help="--verify: the folder for the rerun (default: a new temp dir)")
+    parser.add_argument("--compare", type=Path, help="--verify: compare this executed notebook of NAME (e.g. an "
+                        "earlier record: git show REV:record/NAME.ipynb) with the reference instead of re-executing")
     args = parser.parse_args(argv)
 
     # The pinned numerical path for this process and every kernel and worker it starts, before torch is imported
@@ -543,7 +572,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.verify:
         check_tools(book=False, execute=True)
-        sys.exit(verify(_names([args.verify])[0], against=args.against, scratch=args.scratch))
+        sys.exit(verify(_names([args.verify])[0], against=args.against, scratch=args.scratch,
+                        compare=args.compare))
 
     smoke_mode = args.preset is not None or args.from_golden or args.golden or args.from_executed
     forced = set(_names(args.rerun) + _names(args.record) + ([] if smoke_mode else _names(args.only)))

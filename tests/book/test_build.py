@@ -195,6 +195,24 @@ def test_verify_exit_status_depends_on_the_class_and_the_path(tmp_path, monkeypa
     assert ("same numerical path" in out) == same_path
 
 
+@pytest.mark.parametrize("factor, status", [(1.0, 0), (2, 1)])
+def test_verify_compare_judges_an_executed_notebook_without_executing(tmp_path, monkeypatch, capsys, factor, status):
+    """--compare: the same classed table for two executed notebooks (e.g. an earlier record against the record), each
+    on the path its provenance records; an exact value that differs makes it answer no."""
+    monkeypatch.setattr(build, "execute", lambda *a, **k: pytest.fail("--compare executes nothing"))
+    monkeypatch.setattr(build, "calibrated", lambda: pytest.fail("--compare calibrates nothing"))
+    reference = _golden_on_this_path(tmp_path)
+    other = nbformat.read(reference, as_version=4)
+    glued = glued_values(reference)
+    _perturber("n_check_rows", glued["n_check_rows"] * factor)(other)
+    rec.write_notebook(other, tmp_path / "other.ipynb")
+    assert build.verify("core_checks", against=reference, compare=tmp_path / "other.ipynb") == status
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("n_check_rows "))
+    assert ("DIFFERS" in row) == (status == 1)
+    assert "same numerical path" in out
+
+
 def test_verify_refuses_a_used_results_folder(tmp_path, monkeypatch):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "old.npz").write_bytes(b"x")
