@@ -118,6 +118,17 @@ class LanczosConvergenceError(RuntimeError):
         self.threshold = threshold
         self.n_matvecs = n_matvecs
 
+    def __reduce__(self):
+        # The keyword-only attributes must survive pickling: a worker process that raises this error sends it to
+        # its parent, and an error that cannot be rebuilt there breaks the whole process pool.
+        return (_rebuild_convergence_error, (self.args[0] if self.args else "", self.eigenvalues,
+                                             self.residual_norms, self.threshold, self.n_matvecs))
+
+
+def _rebuild_convergence_error(message, eigenvalues, residual_norms, threshold, n_matvecs):
+    return LanczosConvergenceError(message, eigenvalues=eigenvalues, residual_norms=residual_norms,
+                                   threshold=threshold, n_matvecs=n_matvecs)
+
 
 @dataclass(frozen=True, eq=False)
 class LanczosResult:

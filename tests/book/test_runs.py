@@ -50,3 +50,29 @@ def test_modadd_checkpoint_steps():
         0, 10, 50, 100, 200, 300]
     with pytest.raises(ValueError, match="dense_every"):
         modadd_checkpoint_steps(300, dense_every=0, dense_until=5000, sparse_every=1000)
+
+
+def test_unfinished_top_spectrum_keeps_only_the_ritz_values_that_met_the_threshold():
+    """An unfinished Lanczos run (a dense cluster at the top outlasting the cap) yields NaN where a residual
+    exceeds the threshold, never an unresolved value passed off as an eigenvalue."""
+    import pickle
+
+    import numpy as np
+
+    from hessian_book.runs import _certified_ritz_values
+    from hessian_core import LanczosConvergenceError, lanczos
+    from tests.cases import planted
+
+    rng = np.random.default_rng(3)
+    matrix, _ = planted(np.r_[rng.uniform(0.25, 0.31, 40), rng.uniform(-0.1, 0.2, 260)], seed=4)
+    with pytest.raises(LanczosConvergenceError) as caught:
+        lanczos(matrix, 10, which="largest", tol=1e-2, max_iter=40, progress=False)
+    error = pickle.loads(pickle.dumps(caught.value))  # as it arrives from a worker process
+    values = _certified_ritz_values(error)
+    met = error.residual_norms <= error.threshold
+    assert values.shape == (10,) and 0 < met.sum() < 10  # a case with both kinds
+    np.testing.assert_array_equal(values[met], error.eigenvalues[met])
+    assert np.isnan(values[~met]).all()
+    truth = np.linalg.eigvalsh(matrix)
+    for value in values[met]:  # each kept value lies within the threshold of an eigenvalue
+        assert np.min(np.abs(truth - value)) <= error.threshold

@@ -115,6 +115,14 @@ def test_lanczos_max_iter_raises_with_partial_results():
         lanczos(matrix, 5, which="both", max_iter=30, progress=False)
     assert error.value.n_matvecs == 30
     assert len(error.value.eigenvalues) == 10 and np.any(error.value.residual_norms > error.value.threshold)
+    # A worker process sends this error to its parent pickled: it must arrive whole.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error.value))
+    assert isinstance(again, LanczosConvergenceError) and str(again) == str(error.value)
+    assert again.n_matvecs == 30 and again.threshold == error.value.threshold
+    np.testing.assert_array_equal(again.eigenvalues, error.value.eigenvalues)
+    np.testing.assert_array_equal(again.residual_norms, error.value.residual_norms)
 
 
 def test_top_eigenvalue_is_signed_not_largest_magnitude():
