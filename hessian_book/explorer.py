@@ -7,9 +7,10 @@ moves through that run's checkpoints.
 
 Built with plotly: the slider is plotly *frames* (one per run and checkpoint) and a layout ``sliders`` entry whose
 steps call plotly.js's ``animate``; the run selector is an ``updatemenus`` dropdown whose buttons ``update`` the
-traces and swap in that run's slider. The page needs no hand-written JavaScript and no server: the figure's data
-travel inside the page (numpy arrays as base64 typed arrays), and plotly.js (``plotly.min.js``, shipped with the
-plotly wheel) is loaded from a *relative* path. The book ships that file once, as ``_static/plotly.min.js``
+traces and swap in that run's slider. The page needs no hand-written JavaScript and no server: the figure (a plain
+plotly figure dict, built without plotly's slow per-frame validation) travels inside the page with its arrays as
+base64 typed arrays, and plotly.js (``plotly.min.js``, shipped with the plotly wheel) is loaded from a *relative*
+path. The book ships that file once, as ``_static/plotly.min.js``
 (``book/sphinx_assets.py`` copies it when a page references it); no CDN is used and nothing is inlined twice.
 
 Data are kept small: each checkpoint's spectrum is decimated (:func:`decimate_spectrum`) to at most ``max_points``
@@ -23,6 +24,10 @@ Use from a notebook (the static PNG stays beside it for print and for readers wi
     run = ExplorerRun(name="seed 0", steps=steps, spectra=spectra,
                       curves={"train loss": (curve_steps, train_loss), "test loss": (curve_steps, test_loss)})
     display_explorer(explorer_figure([run], curves_log_y=True))   # a text/html output; myst-nb renders it as is
+
+(Not ``fig.show()``: under papermill plotly's default renderer emits only ``application/vnd.plotly.v1+json``,
+which myst-nb does not render, and the book silences its unknown-mime-type warning; plotly's ``notebook``
+renderer would inline the 4.8 MB plotly.js into the notebook, ``notebook_connected`` loads it from a CDN.)
 
 The default script path, :data:`BOOK_PLOTLY_JS`, is right for a chapter page built from
 ``notebooks/_executed/<chapter>.ipynb``; in Jupyter itself (no ``_static``) the output stays empty.
@@ -259,6 +264,11 @@ def _rank_array(ranks: NDArray[np.intp]) -> dict:
     return typed_array(ranks, "u2" if ranks.size == 0 or ranks.max() < 2**16 else "u4")
 
 
+def _step_array(steps: NDArray[np.float64]) -> dict:
+    integral = np.all(steps == np.round(steps)) and steps.min() >= 0 and steps.max() < 2**32
+    return typed_array(steps, "u4" if integral else "f8")
+
+
 def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: int = 300, n_gaps: int = 10,
                     eps: ArrayLike | None = None, n_eps: int = 64, scale: float = 1e-3, curves_log_x: bool = False,
                     curves_log_y: bool = False, title: str | None = None, height: int = 760) -> dict:
@@ -287,7 +297,8 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
     Returns:
         The figure as a plain plotly figure dict (``data``, ``layout``, ``frames``), unvalidated because plotly's
         validation of a few hundred frames takes far longer than building them (``plotly.graph_objects.Figure``
-        accepts it; the tests validate it). Arrays are :func:`typed_array` specs. Traces: 0 spectrum (``x`` ranks,
+        accepts it; the tests validate it). Arrays are :func:`typed_array` specs (curves' values in ``f4``, their
+        integer steps in ``u4``). Traces: 0 spectrum (``x`` ranks,
         ``y = asinh(customdata / scale)`` in ``f4``, ``customdata`` the decimated eigenvalues in ``f8``), 1 the
         gap endpoints (same fields), 2 n(ε) (``x`` = ``eps``, ``y`` counts), 3 the gap lines (``x``), then one trace
         per curve, then the step marker (``x`` = ``[step, step]``). Frame ``run{r}-ckpt{i}`` holds run ``r``'s
@@ -361,7 +372,9 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
         ]
 
     def curve_traces(run: ExplorerRun) -> list[dict]:
-        return [dict(x=typed_array(x), y=typed_array(y)) for x, y in run.curves.values()]
+        # drawn only, never read back as numbers: float32 values, integer steps as u4 (the run selector carries
+        # every run's curves, so they are most of a many-run page)
+        return [dict(x=_step_array(x), y=typed_array(y, "f4")) for x, y in run.curves.values()]
 
     spectrum, spectrum_gaps, counts, count_gaps, marker = checkpoint_traces(checkpoints[0][0])
     axes1, axes2, axes3 = dict(xaxis="x", yaxis="y"), dict(xaxis="x2", yaxis="y2"), dict(xaxis="x3", yaxis="y3")
