@@ -411,25 +411,25 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
 
     def panel_title(text: str, x: float, y: float) -> dict:
         return dict(text=text, x=x, y=y, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
-                    showarrow=False, font=dict(size=14))
+                    showarrow=False, font=dict(size=13))
 
     top_row, bottom_row = [0.6, 1.0], [0.0, 0.4]
     layout = dict(
-        template="simple_white", height=height, margin=dict(t=100, b=130, l=70, r=20),
+        template="simple_white", height=height, margin=dict(t=100 if len(runs) > 1 else 50, b=130, l=70, r=20),
         sliders=[slider(0)], legend=dict(orientation="h", x=0.0, y=bottom_row[1] + 0.02, yanchor="bottom"),
-        xaxis=dict(domain=[0.0, 0.44], anchor="y", title=dict(text="rank (ascending)"),
+        xaxis=dict(domain=[0.0, 0.42], anchor="y", title=dict(text="rank (ascending)"),
                    range=[-0.01 * max_rank - 0.5, 1.01 * max_rank + 0.5]),
         yaxis=dict(domain=top_row, anchor="x", title=dict(text="eigenvalue λ"), range=[y_lo - pad, y_hi + pad],
                    tickmode="array", tickvals=tickvals, ticktext=ticktext),
-        xaxis2=dict(domain=[0.56, 1.0], anchor="y2", type="log", title=dict(text="resolution ε"),
+        xaxis2=dict(domain=[0.6, 1.0], anchor="y2", type="log", title=dict(text="resolution ε"),
                     range=[math.log10(eps[0]), math.log10(eps[-1])]),
         yaxis2=dict(domain=top_row, anchor="x2", type="log", title=dict(text="clusters n(ε)"),
                     range=[-0.05, math.log10(max(count_max, 2)) + 0.1]),
         xaxis3=dict(domain=[0.0, 1.0], anchor="y3", title=dict(text="training step"),
                     type="log" if curves_log_x else "linear"),
         yaxis3=dict(domain=bottom_row, anchor="x3", type="log" if curves_log_y else "linear"),
-        annotations=[panel_title("spectrum by rank (signed log); largest gaps' endpoints in red", 0.22, 1.0),
-                     panel_title("clusters n(ε); largest gaps dotted", 0.78, 1.0)],
+        annotations=[panel_title("spectrum (signed log), largest gaps' ends in red", 0.21, 1.0),
+                     panel_title("clusters n(ε), largest gaps dotted", 0.8, 1.0)],
     )
     if title:
         layout["title"] = dict(text=title, x=0.5, xanchor="center")
