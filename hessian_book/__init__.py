@@ -15,7 +15,9 @@ Shared pieces, one job per module:
   Hessian subsamples; training-loss spikes;
 * ``config``, ``fanout``, ``progress``, ``glue``, ``plots`` -- chapter configurations; running independent
   tasks on local processes or a Dask cluster; progress bars; glued numbers and words; figures;
-* ``calibration`` -- the ~10-second benchmark of this machine's speed that accompanies every timing.
+* ``calibration`` -- the ~10-second benchmark of this machine's speed that accompanies every timing;
+* ``explorer`` -- the interactive checkpoint explorer of the static book (plotly: a slider over checkpoints, a
+  selector over runs), with the spectrum decimation that keeps its extremes and largest gaps exactly.
 
 ``hessian_book.chapters`` holds one module per chapter: a ``Config`` (defaults, presets, validation) and
 ``run(config)`` returning the chapter's result; the notebooks in ``notebooks/`` only call them.
