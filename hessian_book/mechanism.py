@@ -561,16 +561,40 @@ def _ends(values: np.ndarray, vectors: np.ndarray, k: int, which: str) -> tuple:
 #: cluster of nearly equal eigenvalues at an end (seen in the grokking transformer: 38 of 40 pairs within 1e-5 after
 #: 1,200 HVPs) needs a larger Krylov space; the tolerance, and so the certificate, stay the same.
 RETRY_MAX_ITER_FACTOR = 4
+#: Operators up to this size that outlast Lanczos's cap are solved densely (their matrix assembled from products
+#: with the identity, then ``numpy.linalg.eigh``): exact, and affordable for the transformer's component blocks
+#: (the block Hessian's MLP block, ~8,300 parameters, crowded near-degenerate ends at 1e-5 after 4,800 HVPs).
+DENSE_FALLBACK_MAX = 10_000
 
 
 def _lanczos_pairs(op, k: int, *, which: str, tol: float, seed: int, block_size: int):
-    """``lanczos(..., return_vectors=True)``, retried once with :data:`RETRY_MAX_ITER_FACTOR` times the cap when the
-    first attempt runs out of iterations (a second failure is raised)."""
+    """``lanczos(..., return_vectors=True)``; when it runs out of iterations, an operator of at most
+    :data:`DENSE_FALLBACK_MAX` rows is solved densely (:func:`_dense_extremes`: cheaper than more Lanczos at that
+    size, and exact), a larger one retried once with :data:`RETRY_MAX_ITER_FACTOR` times the cap (a second failure
+    is raised)."""
     kwargs = dict(which=which, tol=tol, seed=seed, return_vectors=True, block_size=block_size, progress=False)
     try:
         return lanczos(op, k, **kwargs)
     except LanczosConvergenceError as error:
-        return lanczos(op, k, max_iter=RETRY_MAX_ITER_FACTOR * error.n_matvecs, **kwargs)
+        if op.shape[0] > DENSE_FALLBACK_MAX:
+            return lanczos(op, k, max_iter=RETRY_MAX_ITER_FACTOR * error.n_matvecs, **kwargs)
+    return _dense_extremes(op, k, which=which)
+
+
+def _dense_extremes(op, k: int, *, which: str, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest (``which="largest"``) or ``k`` smallest and ``k`` largest (``"both"``) eigenpairs of a
+    symmetric operator ``[n, n]`` from its dense matrix: ``(values [m], vectors [n, m])``, values ascending, as
+    :func:`hessian_core.lanczos` returns them."""
+    n = op.shape[0]
+    matrix = np.empty((n, n))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = np.zeros((n, stop - start))
+        block[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        matrix[:, start:stop] = op.matmat(block)
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    index = np.arange(n - k, n) if which == "largest" else np.r_[np.arange(k), np.arange(n - k, n)]
+    return values[index], vectors[:, index]
 
 
 def curvature_eigenpairs(model: nn.Module, batch, matrix: str, *, k: int, tol: float = 1e-6, seed: int = 0,
@@ -584,7 +608,8 @@ def curvature_eigenpairs(model: nn.Module, batch, matrix: str, *, k: int, tol: f
     ``groups`` of tensors removed — default :data:`COMPONENT_BLOCKS` filtered to the model's tensors; Lanczos on each
     diagonal block, then the ``k`` extreme eigenpairs of the union), ``"gradient_covariance"``
     (:func:`gradient_covariance_eigenpairs`, top only). Lanczos stops at relative residual ``tol`` (a run that
-    exhausts its iteration cap is retried once with :data:`RETRY_MAX_ITER_FACTOR` times the cap).
+    exhausts its iteration cap is solved densely up to :data:`DENSE_FALLBACK_MAX` rows, else retried once with
+    :data:`RETRY_MAX_ITER_FACTOR` times the cap).
     """
     if matrix not in CURVATURES:
         raise ValueError(f"matrix={matrix!r} must be one of {list(CURVATURES)}")

@@ -409,13 +409,15 @@ def test_principal_cosines():
     assert np.allclose(principal_cosines(B[:, :3], B[:, 3:6]), 0.0, atol=1e-12)
 
 
-def test_curvature_lanczos_retries_with_a_larger_cap_and_keeps_its_certificate():
+def test_curvature_lanczos_retries_with_a_larger_cap_and_keeps_its_certificate(monkeypatch):
     """A dense spectrum whose 40 extreme pairs outlast the default cap (1,200 HVPs) is solved on the retry, to
     the same tolerance, and agrees with a dense eigendecomposition; without the retry it raises."""
+    import hessian_book.mechanism as mechanism
     from hessian_book.mechanism import _lanczos_pairs
     from hessian_core import LanczosConvergenceError, lanczos
     from tests.cases import planted as planted_matrix
 
+    monkeypatch.setattr(mechanism, "DENSE_FALLBACK_MAX", 1000)  # this 2,000-row case takes the retry, not eigh
     rng = np.random.default_rng(0)
     u = rng.uniform(-1, 1, 2000)
     matrix, _ = planted_matrix(np.sign(u) * np.abs(u) ** (1 / 8), seed=1)  # both ends crowded near ±1
@@ -426,3 +428,29 @@ def test_curvature_lanczos_retries_with_a_larger_cap_and_keeps_its_certificate()
     np.testing.assert_allclose(np.sort(values), np.r_[truth[:20], truth[-20:]], atol=1e-8)
     residuals = np.linalg.norm(matrix @ vectors - vectors * values, axis=0)
     assert residuals.max() <= 1e-10 * np.abs(truth).max() * 1.01
+
+
+def test_curvature_pairs_fall_back_to_a_dense_solve_when_lanczos_never_finishes(monkeypatch):
+    """When Lanczos runs out of iterations, an operator within DENSE_FALLBACK_MAX rows is solved from its dense
+    matrix: the same extremes as eigvalsh, in lanczos's order; a larger one is retried, and raises when the retry
+    fails too."""
+    import hessian_book.mechanism as mechanism
+    from hessian_core import LanczosConvergenceError
+    from scipy.sparse.linalg import aslinearoperator
+    from tests.cases import planted as planted_matrix
+
+    def never(*args, **kwargs):
+        raise LanczosConvergenceError("never", eigenvalues=np.zeros(1), residual_norms=np.ones(1), threshold=0.0,
+                                      n_matvecs=10)
+
+    monkeypatch.setattr(mechanism, "lanczos", never)
+    matrix, _ = planted_matrix(np.random.default_rng(2).normal(size=300), seed=3)
+    truth = np.linalg.eigvalsh(matrix)
+    for which, expected in (("both", np.r_[truth[:5], truth[-5:]]), ("largest", truth[-5:])):
+        values, vectors = mechanism._lanczos_pairs(aslinearoperator(matrix), 5, which=which, tol=1e-8, seed=0,
+                                                   block_size=1)
+        np.testing.assert_allclose(values, expected, atol=1e-10)
+        np.testing.assert_allclose(matrix @ vectors, vectors * values, atol=1e-10)
+    monkeypatch.setattr(mechanism, "DENSE_FALLBACK_MAX", 299)
+    with pytest.raises(LanczosConvergenceError):
+        mechanism._lanczos_pairs(aslinearoperator(matrix), 5, which="both", tol=1e-8, seed=0, block_size=1)
