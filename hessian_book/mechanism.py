@@ -1182,9 +1182,10 @@ def decision_error_rates(model: ModAddTransformer, key, *, block: str, k: int, n
 def hessian_top_eigenpairs(model: nn.Module, batch, k: int, *, tol: float = 1e-5, seed: int = 0
                            ) -> tuple[np.ndarray, np.ndarray]:
     """The Hessian's ``k`` largest eigenpairs of the mean cross-entropy on ``batch`` (Lanczos, top end only):
-    ``(values ndarray[k] descending, vectors ndarray[P, k])``."""
+    ``(values ndarray[k] descending, vectors ndarray[P, k])``; a Lanczos run that exhausts its cap is solved again
+    as :func:`curvature_eigenpairs` does (:func:`_lanczos_pairs`)."""
     op = hessian_operator(model, nn.CrossEntropyLoss(), _split(batch))
-    values, vectors = lanczos(op, k, which="largest", tol=tol, seed=seed, return_vectors=True, progress=False)
+    values, vectors = _lanczos_pairs(op, k, which="largest", tol=tol, seed=seed, block_size=1)
     order = np.argsort(np.asarray(values))[::-1]
     return np.asarray(values)[order], np.asarray(vectors)[:, order]
 
