@@ -366,12 +366,14 @@ def configure_inductor() -> int | None:
 # What decides the numbers once the path is pinned: the settings and the builds. The CPU model is not in it:
 # that is what pinning is for (shown beside, since bitwise equality across CPU models is expected, not assumed).
 def _key(path: dict[str, Any]) -> dict[str, Any]:
-    pools = {(p.get("internal_api"), p.get("prefix")): p.get("version") for p in path.get("threadpools", [])
+    # Every BLAS loaded, as a set: numpy's and scipy's wheels each bring an OpenBLAS with the same prefix
+    # ("libscipy_openblas") and their own version, listed in an order that varies between processes.
+    pools = {f"{p.get('prefix')} {p.get('version')}" for p in path.get("threadpools", [])
              if p.get("user_api") == "blas"}
     return {"pinned": path.get("pinned"), "settings": path.get("settings"),
             "aten_capability": path.get("aten_capability"), "mkl_cnr": path.get("mkl_cnr"),
             "onednn_isa": path.get("onednn_isa"), "torch": path.get("torch"),
-            "openblas": sorted(f"{k[1]} {v}" for k, v in pools.items())}
+            "openblas": sorted(pools)}
 
 
 def path_differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:

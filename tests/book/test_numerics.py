@@ -99,6 +99,14 @@ def test_path_differences():
     unpinned = dict(pinned, pinned=False)
     assert any("ran unpinned" in d for d in numerics.path_differences(pinned, unpinned))
     assert "pinned numerical path on" in numerics.describe_path(pinned)
+    # numpy's and scipy's OpenBLAS share a prefix: listed in either order they are the same path; another version
+    # of either is not
+    blas = [dict(user_api="blas", internal_api="openblas", prefix="libscipy_openblas", version=v,
+                 filepath=f"/lib/{i}.so") for i, v in enumerate(("0.3.30", "0.3.31"))]
+    first, second = dict(pinned, threadpools=blas), dict(pinned, threadpools=blas[::-1])
+    assert numerics.path_differences(first, second) == []
+    newer = dict(pinned, threadpools=[blas[0], dict(blas[1], version="0.3.32")])
+    assert any("openblas" in d for d in numerics.path_differences(first, newer))
 
 
 def test_fanout_workers_run_the_pinned_path():

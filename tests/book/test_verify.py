@@ -149,17 +149,23 @@ def test_mnist_lenet_declares_every_glued_value_of_its_record():
     assert kinds["n_parameters"] == kinds["final_step"] == "exact"
     assert kinds["gn_rank_big"] == kinds["plateau_n"] == "numerical"  # computed counts, not set by parameters
     assert kinds["n_workers"] == kinds["seconds_total"] == "ignored"
-    # issue 20's Intel rerun against the AMD record, as far as the issue reports it
-    rerun = dict(glued, final_test_acc=98.85, final_lambda_max=28.4, final_gap1=20.7, plateau_n=3,
-                 gn_rank_big=2939, draw_lmax_median=39.4)
-    rows = {r.name: r for r in ver.compare_glued(glued, rerun, classes=classes, same_path=False)}
-    assert rows["final_lambda_max"].verdict == "within range" and rows["final_gap1"].verdict == "within range"
-    assert rows["draw_lmax_median"].verdict == "within ±"
     half = classes["draw_lmax_median"].halfwidth(glued)
     assert math.isclose(half, 2 * math.sqrt(2) * 1.2533 * (glued["draw_lmax_hi"] - glued["draw_lmax_lo"])
                         / 3.919928 / math.sqrt(30))
-    assert rows["plateau_n"].verdict == rows["gn_rank_big"].verdict == "not judged"
-    assert ver.reproduced(list(rows.values()))
+    # A rerun on another path as issue 20 reports one (Intel against AMD), with the median over the draws half a
+    # half-width and then two half-widths away from the record's: the band answers yes, then no. (Issue 20's own
+    # Intel median, 39.4, lay within the unpinned AMD record's band, 31.6 ± 17.2, and lies outside the pinned
+    # record's, 22.0 ± 15.9.)
+    for shift, verdict in ((0.5, "within ±"), (2.0, "outside ±")):
+        rerun = dict(glued, final_test_acc=98.85, final_lambda_max=28.4, final_gap1=20.7,
+                     plateau_n=glued["plateau_n"] + 1, gn_rank_big=glued["gn_rank_big"] + 48,
+                     draw_lmax_median=glued["draw_lmax_median"] + shift * half)
+        rows = {r.name: r for r in ver.compare_glued(glued, rerun, classes=classes, same_path=False)}
+        assert rows["final_lambda_max"].verdict == "within range" and rows["final_gap1"].verdict == "within range"
+        assert rows["draw_lmax_median"].verdict == verdict
+        assert rows["plateau_n"].verdict == rows["gn_rank_big"].verdict == "not judged"
+        if shift < 1:
+            assert ver.reproduced(list(rows.values()))
 
 
 def test_core_checks_classes():
