@@ -320,9 +320,6 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
     with the reference (default ``record/<name>.ipynb``). With ``compare`` (an executed notebook of ``name``, e.g.
     another record) nothing executes: that notebook is compared with the reference as a rerun would be, on the
     numerical path its provenance records. Returns the exit status (0: reproduced)."""
-    from hessian_book.numerics import describe_path, path_differences
-    from verify import chapter_classes, compare_glued, format_table, reproduced
-
     reference = Path(against) if against else RECORD / f"{name}.ipynb"
     if not reference.is_file():
         sys.exit(f"--verify {name}: no {reference} to compare with (python book/build.py --record {name})")
@@ -347,32 +344,30 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
           f"{_clock(meta.get('wall_seconds') or ref.metadata.get('papermill', {}).get('duration'))})", flush=True)
     out = scratch / f"{name}.ipynb"
     seconds = execute(name, out, parameters)  # pins this process's environment, which the kernel inherits
-    # The rerun's path: this process's, whose environment and machine the kernel shares.
-    record_path, rerun_path = meta.get("numerical_path"), rec.current_numerical_path()
-    differences = path_differences(record_path, rerun_path)
-    path_note = (f"record: {describe_path(record_path)}\nrerun:  {describe_path(rerun_path)}\n"
-                 + ("same numerical path: numerical values compared bitwise (or to rounding)" if not differences
-                    else "numerical paths differ (" + "; ".join(differences) + "): computed values judged "
-                    "against the uncertainty the chapter measures (statistical), or shown, not judged"))
-    rows = compare_glued(glued_values(reference), glued_values(out), classes=chapter_classes(name),
-                         same_path=not differences)
     print(f"re-executed in {_clock(seconds)} ({_clock(calibration.to_reference(seconds))} at the reference speed) "
           f"into {out}\n")
-    print(format_table(rows, path_note=path_note))
-    return 0 if reproduced(rows) else 1
+    # The rerun's path: this process's, whose environment and machine the kernel shares.
+    return _classed_table(name, reference, out, (meta.get("numerical_path"), rec.current_numerical_path()),
+                          ("record", "rerun "))
 
 
 def _compare_executed(name: str, ref, reference: Path, other: Path) -> int:
     """:func:`verify` without executing: ``other`` (an executed notebook) against ``ref`` (read from
     ``reference``), each on the numerical path its own provenance records."""
+    if not other.is_file():
+        sys.exit(f"--compare: no {other}")
+    paths = tuple((rec.record_of(nb) or {}).get("numerical_path") for nb in (ref, nbformat.read(other, as_version=4)))
+    return _classed_table(name, reference, other, paths, (f"reference ({reference})", f"compared ({other})"))
+
+
+def _classed_table(name: str, reference: Path, other: Path, paths: tuple, labels: tuple[str, str]) -> int:
+    """Print ``book/verify.py``'s classed table of ``other``'s glued values against ``reference``'s, numerical
+    values judged bitwise when ``paths`` (their numerical paths) match; returns the exit status (0: reproduced)."""
     from hessian_book.numerics import describe_path, path_differences
     from verify import chapter_classes, compare_glued, format_table, reproduced
 
-    if not other.is_file():
-        sys.exit(f"--compare: no {other}")
-    paths = [(rec.record_of(nb) or {}).get("numerical_path") for nb in (ref, nbformat.read(other, as_version=4))]
     differences = path_differences(*paths)
-    path_note = (f"reference ({reference}): {describe_path(paths[0])}\ncompared ({other}): {describe_path(paths[1])}\n"
+    path_note = (f"{labels[0]}: {describe_path(paths[0])}\n{labels[1]}: {describe_path(paths[1])}\n"
                  + ("same numerical path: numerical values compared bitwise (or to rounding)" if not differences
                     else "numerical paths differ (" + "; ".join(differences) + "): computed values judged "
                     "against the uncertainty the chapter measures (statistical), or shown, not judged"))
