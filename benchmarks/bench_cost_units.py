@@ -25,8 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from hessian_book.numerics import pin_environment, unpinned_requested
+
+pin_environment()  # before torch is imported: the records' numerical path (HESSIAN_UNPINNED=1: the CPU's own)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from torch import nn
 
 from hessian_book.calibration import calibrate, print_calibration
@@ -270,7 +274,7 @@ def main() -> None:
               "after it. Written by benchmarks/bench_cost_units.py; fit seconds = a + b * work through each "
               "unit's points.",
         calibration_before=before.as_dict(), calibration_after=after.as_dict(),
-        seconds=round(measured, 1), torch=torch.__version__, python=sys.version.split()[0], work=WORK,
+        seconds=round(measured, 1), pinned=not unpinned_requested(), torch=torch.__version__, python=sys.version.split()[0], work=WORK,
         units=points)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out} ({measured:.0f} s of measurements; speed factor {before.speed_factor:.2f} before, "
