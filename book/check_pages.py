@@ -1,6 +1,6 @@
 """Open every page of the built book in headless Chromium and fail on what a reader would see broken.
 
-    python book/check_pages.py _build/html [--chromium /usr/bin/chromium] [--timeout 30]
+    python book/check_pages.py _build/html [--chromium /usr/bin/chromium] [--timeout 30] [--screenshots DIR]
 
 Uses Playwright's Python API with the system's Chromium (Debian's ``chromium`` package; no browser download).
 Every request that is not ``file://`` (or ``data:``/``blob:``) is blocked and counted: the book must work offline.
@@ -17,7 +17,12 @@ A page fails on any of:
   ``mjx-container`` inside once MathJax has finished;
 - a network request attempted (anything but ``file://``, ``data:`` and ``blob:``);
 - a table that is not a ``<table>``: a Markdown table's separator row (``|---|---|``) left as text;
-- a JavaScript error on the page.
+- a JavaScript error on the page;
+- an interactive explorer (``hessian_book.explorer``) whose slider does not redraw the chosen checkpoint: for each
+  check in the explorer's ``data-checks`` the run is selected and the slider clicked to the checkpoint, and the
+  drawn step marker and largest eigenvalue must equal the values that the page's notebook glues under the check's
+  names (read from the executed notebook the page was built from, ``_sources/<page>.ipynb``); the checks of one
+  explorer must draw different data (the slider moved something).
 
 Glued values that render as ``nan`` are counted (column ``nan``) but do not fail a page.
 Prints a per-page table and exits 1 when any page fails.
@@ -79,6 +84,7 @@ class PageReport:
     tables: int = 0
     requests: int = 0
     nan: int = 0
+    explorers: str = ""
 
     @property
     def ok(self) -> bool:
@@ -146,6 +152,118 @@ def broken_links(hrefs: list[str], html_dir: Path) -> tuple[int, list[str]]:
     return checked, broken
 
 
+# The state an explorer draws (hessian_book.explorer's trace order: 0 the spectrum with its eigenvalues as
+# customdata, the last trace the step marker).
+EXPLORER_STATE = """
+(div) => {
+  const g = div.querySelector('.plotly-graph-div');
+  if (!g || !g._fullData || !g._fullLayout.sliders) return null;
+  const full = g._fullData, values = Array.from(full[0].customdata || []);
+  return {active: g._fullLayout.sliders[0].active, n_steps: g._fullLayout.sliders[0].steps.length,
+          marker: Array.from(full[full.length - 1].x), lambda_max: values.length ? Math.max(...values) : null,
+          n_values: values.length, values_sum: values.reduce((a, b) => a + b, 0)};
+}
+"""
+
+
+def glued_values(notebook: Path) -> dict[str, str]:
+    """``{name: text}`` of every value an executed notebook glues (papermill/scrapbook ``text/plain`` records)."""
+    import json
+
+    values = {}
+    for cell in json.loads(Path(notebook).read_text()).get("cells", []):
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook")
+            if record:
+                text = output.get("data", {}).get(record.get("mime_prefix", "") + "text/plain")
+                if text is not None:
+                    values[record["name"]] = text
+    return values
+
+
+def _as_number(text: str | None) -> float | None:
+    try:
+        return float(text.strip().strip("'\""))
+    except (AttributeError, ValueError):
+        return None
+
+
+def check_explorers(page, source: Path | None, *, screenshots: Path | None = None, name: str = "page",
+                    timeout: float = 30.0) -> tuple[int, int, list[str]]:
+    """Move every explorer's slider on an open Playwright ``page`` as its ``data-checks`` ask; returns
+    ``(checks passed, checks, problems)``. ``source``: the executed notebook the page was built from (its glued
+    values are the expectations); ``screenshots``: a folder for a PNG of each explorer at each check."""
+    import json
+
+    divs = page.locator(".hb-explorer")
+    n_divs = divs.count()
+    if not n_divs:
+        return 0, 0, []
+    glued = glued_values(source) if source is not None and source.is_file() else None
+    passed, total, problems = 0, 0, []
+    for k in range(n_divs):
+        div = divs.nth(k)
+        checks = json.loads(div.get_attribute("data-checks") or "[]")
+        if not checks:
+            continue
+        total += len(checks)
+        if glued is None:
+            problems.append(f"explorer {k}: no executed notebook at {source} to read its glued values from")
+            continue
+        try:
+            page.wait_for_function("(d) => { const g = d.querySelector('.plotly-graph-div'); return g && "
+                                   "g._transitionData && g._transitionData._frames.length > 0; }",
+                                   arg=div.element_handle(), timeout=timeout * 1000)
+        except Exception as exc:  # noqa: BLE001 - an explorer that never draws is a failed check
+            problems.append(f"explorer {k} never drew: {str(exc).splitlines()[0][:120]}")
+            continue
+        states, passed_here = [], 0
+        for j, check in enumerate(checks):
+            where = f"explorer {k}, run {check['run']} checkpoint {check['checkpoint']}"
+            try:
+                if check["run"]:
+                    div.locator(".updatemenu-header-group").click()
+                    div.locator(".updatemenu-dropdown-button").nth(check["run"]).click()
+                    page.wait_for_timeout(300)
+                n = div.evaluate(EXPLORER_STATE)["n_steps"]
+                i = check["checkpoint"] % n
+                rail = div.locator(".slider-rail-touch-rect")
+                rail.scroll_into_view_if_needed()
+                box = rail.bounding_box()
+                inset = 8  # plotly.js's slider railInset: its steps lie evenly between the rail's insets
+                page.mouse.click(box["x"] + inset + (i / (n - 1) if n > 1 else 0) * (box["width"] - 2 * inset),
+                                 box["y"] + box["height"] / 2)
+                page.wait_for_function(
+                    "([d, i]) => d.querySelector('.plotly-graph-div')._fullLayout.sliders[0].active === i",
+                    arg=[div.element_handle(), i], timeout=timeout * 1000)
+                page.wait_for_timeout(300)  # the animate call that the slider's step triggers
+                state = div.evaluate(EXPLORER_STATE)
+            except Exception as exc:  # noqa: BLE001 - a slider that cannot be moved is a failed check
+                problems.append(f"{where}: the slider could not be moved: {str(exc).splitlines()[0][:120]}")
+                continue
+            if screenshots is not None:
+                screenshots.mkdir(parents=True, exist_ok=True)
+                div.screenshot(path=str(screenshots / f"{name}-explorer{k}-check{j}.png"))
+            wrong = []
+            for key, drawn in (("step", state["marker"][0] if state["marker"] else None),
+                               ("lambda_max", state["lambda_max"])):
+                expected = _as_number(glued.get(check[key]))
+                if expected is None:
+                    wrong.append(f"{check[key]} is not glued as a number")
+                elif drawn is None or drawn != expected:
+                    wrong.append(f"{key} drawn {drawn!r}, glued {check[key]} = {expected!r}")
+            if wrong:
+                problems.append(f"{where}: " + "; ".join(wrong))
+            else:
+                passed_here += 1
+            states.append((state["marker"], state["lambda_max"], state["n_values"], state["values_sum"]))
+        if len(states) > 1 and len(set(map(repr, states))) < len(states):
+            problems.append(f"explorer {k}: the slider drew the same data at different checks")
+            passed_here = 0
+        passed += passed_here
+    return passed, total, problems
+
+
 @contextmanager
 def open_browser(chromium: str):
     """Headless Chromium (the system's binary) through Playwright; no browser is downloaded."""
@@ -161,14 +279,15 @@ def open_browser(chromium: str):
 
 
 def check(html_dir: Path, *, chromium: str | None = None, browser=None, timeout: float = 30.0,
-          progress: bool = False) -> list[PageReport]:
-    """One :class:`PageReport` per page under ``html_dir``, in a new browser (``chromium``) or in ``browser``."""
+          progress: bool = False, screenshots: Path | None = None) -> list[PageReport]:
+    """One :class:`PageReport` per page under ``html_dir``, in a new browser (``chromium``) or in ``browser``;
+    ``screenshots``: a folder for a PNG of each explorer at each of its checks."""
     if browser is None:
         with open_browser(chromium) as own:
-            return check(html_dir, browser=own, timeout=timeout, progress=progress)
+            return check(html_dir, browser=own, timeout=timeout, progress=progress, screenshots=screenshots)
     html_dir = Path(html_dir).resolve()
     reports = []
-    context = browser.new_context()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
     try:
         requests: list[str] = []
 
@@ -199,12 +318,17 @@ def check(html_dir: Path, *, chromium: str | None = None, browser=None, timeout:
             try:
                 page.goto(path.as_uri(), wait_until="load", timeout=timeout * 1000)
                 facts = page.evaluate(PAGE_SCRIPT)
+                source = html_dir / "_sources" / path.relative_to(html_dir).with_suffix(".ipynb")
+                ok, n_checks, explorer_problems = check_explorers(page, source, screenshots=screenshots,
+                                                                  name=path.stem, timeout=timeout)
             except Exception as exc:  # noqa: BLE001 - a page that cannot be opened is a failed page
                 report.problems.append(f"could not open: {str(exc).splitlines()[0][:200]}")
                 reports.append(report)
                 page.close()
                 continue
             page.close()
+            report.explorers = f"{ok}/{n_checks}" if n_checks else ""
+            report.problems += explorer_problems
             if facts["tracebacks"]:
                 report.problems.append(f"{facts['tracebacks']} traceback(s)")
             if facts["stderr"]:
@@ -241,10 +365,10 @@ def check(html_dir: Path, *, chromium: str | None = None, browser=None, timeout:
 def format_reports(reports: list[PageReport]) -> str:
     width = max([len(r.page) for r in reports] + [4])
     lines = [f"{'page':<{width}}  {'images':>7}  {'math':>9}  {'links':>9}  {'tables':>6}  {'net':>3}  {'nan':>3}  "
-             "result"]
+             f"{'sliders':>7}  result"]
     for r in reports:
         lines.append(f"{r.page:<{width}}  {r.images:>7}  {r.math:>9}  {r.links:>9}  {r.tables:>6}  {r.requests:>3}  "
-                     f"{r.nan:>3}  {'ok' if r.ok else 'FAIL: ' + '; '.join(r.problems)}")
+                     f"{r.nan:>3}  {r.explorers:>7}  {'ok' if r.ok else 'FAIL: ' + '; '.join(r.problems)}")
     failed = sum(not r.ok for r in reports)
     lines.append(f"{len(reports)} pages: {len(reports) - failed} ok, {failed} failed")
     return "\n".join(lines)
@@ -255,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("html_dir", nargs="?", default="_build/html", type=Path)
     parser.add_argument("--chromium", default=None, help="the browser binary (default: chromium on PATH)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to load one page")
+    parser.add_argument("--screenshots", type=Path, default=None,
+                        help="write a PNG of each explorer at each of its checks into this folder")
     args = parser.parse_args(argv)
     chromium = find_chromium(args.chromium)
     if chromium is None:
@@ -263,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.html_dir.is_dir() or not pages_of(args.html_dir):
         print(f"no HTML pages under {args.html_dir}", file=sys.stderr)
         return 2
-    reports = check(args.html_dir, chromium=chromium, timeout=args.timeout, progress=True)
+    reports = check(args.html_dir, chromium=chromium, timeout=args.timeout, progress=True,
+                    screenshots=args.screenshots)
     print(format_reports(reports))
     return 0 if all(r.ok for r in reports) else 1
 

@@ -42,6 +42,7 @@ import json
 import math
 import numbers
 import shutil
+from html import escape as html_escape
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ __all__ = [
     "explorer_figure",
     "explorer_html",
     "display_explorer",
+    "FIRST_AND_LAST",
+    "explorer_glue",
     "write_explorer_page",
     "plotly_bundle_path",
 ]
@@ -455,6 +458,43 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
     return dict(data=data, layout=layout, frames=frames)
 
 
+#: The browser checks of a chapter page's explorer (``book/check_pages.py``): the slider at the first run's first
+#: and last checkpoints must draw the step and the largest eigenvalue that the page glues under these names
+#: (:func:`explorer_glue` computes them from the run given to the explorer).
+FIRST_AND_LAST: tuple[dict, ...] = (
+    dict(run=0, checkpoint=0, step="explorer_step_first", lambda_max="explorer_lmax_first"),
+    dict(run=0, checkpoint=-1, step="explorer_step_last", lambda_max="explorer_lmax_last"),
+)
+
+
+def explorer_glue(run: ExplorerRun) -> dict[str, float]:
+    """The values :data:`FIRST_AND_LAST` names, from ``run`` (the explorer's first run): the step and the largest
+    eigenvalue at its first and last checkpoints (the decimation keeps the largest exactly)."""
+    if not isinstance(run, ExplorerRun):
+        raise TypeError(f"run must be an ExplorerRun, got {type(run).__name__}")
+
+    def step(value: float) -> float | int:
+        return int(value) if float(value).is_integer() else float(value)
+
+    return dict(explorer_step_first=step(run.steps[0]), explorer_lmax_first=float(np.max(run.spectra[0])),
+                explorer_step_last=step(run.steps[-1]), explorer_lmax_last=float(np.max(run.spectra[-1])))
+
+
+def _check_checks(checks: Any) -> list[dict]:
+    out = []
+    for i, check in enumerate(checks):
+        if not isinstance(check, Mapping) or set(check) != {"run", "checkpoint", "step", "lambda_max"}:
+            raise ValueError(f"checks[{i}] must be a mapping with exactly the keys run, checkpoint, step, lambda_max; "
+                             f"got {check!r}")
+        if not all(isinstance(check[k], int) and not isinstance(check[k], bool) for k in ("run", "checkpoint")) \
+                or check["run"] < 0:
+            raise ValueError(f"checks[{i}]: run must be an int >= 0 and checkpoint an int, got {check!r}")
+        if not all(isinstance(check[k], str) and check[k] for k in ("step", "lambda_max")):
+            raise ValueError(f"checks[{i}]: step and lambda_max must be glue names, got {check!r}")
+        out.append(dict(check))
+    return out
+
+
 def _check_script_path(plotly_js: Any) -> str:
     if not isinstance(plotly_js, str) or not plotly_js.endswith(".js"):
         raise ValueError(f"plotly_js must be a path ending in .js, got {plotly_js!r}")
@@ -463,7 +503,8 @@ def _check_script_path(plotly_js: Any) -> str:
     return plotly_js
 
 
-def explorer_html(figure, *, plotly_js: str = BOOK_PLOTLY_JS, div_id: str | None = None) -> str:
+def explorer_html(figure, *, plotly_js: str = BOOK_PLOTLY_JS, div_id: str | None = None,
+                  checks: Sequence[Mapping] = ()) -> str:
     """The figure as an HTML fragment that loads plotly.js from ``plotly_js`` (a relative path; no CDN, not inlined).
 
     Args:
@@ -472,6 +513,11 @@ def explorer_html(figure, *, plotly_js: str = BOOK_PLOTLY_JS, div_id: str | None
             ``../../_static/plotly.min.js``).
         div_id: the graph's element id; default a hash of the figure, so the same figure gives the same bytes (a
             recorded notebook does not change on re-execution, unlike plotly's random default id).
+        checks: what ``book/check_pages.py`` verifies in a browser, each ``{"run": r, "checkpoint": i, "step":
+            glue name, "lambda_max": glue name}`` (e.g. :data:`FIRST_AND_LAST`): with run ``r`` selected and the
+            slider moved to checkpoint ``i`` (negative: from the end), the drawn step marker and the largest drawn
+            eigenvalue must equal the values the page's notebook glues under those names. Stored as the wrapper's
+            ``data-checks`` attribute (JSON).
 
     Returns:
         ``<div class="hb-explorer">`` holding plotly's ``<script src=plotly_js>``, the graph ``<div>`` and the
@@ -480,6 +526,7 @@ def explorer_html(figure, *, plotly_js: str = BOOK_PLOTLY_JS, div_id: str | None
     import plotly.io as pio
 
     plotly_js = _check_script_path(plotly_js)
+    checks = _check_checks(checks)
     if not isinstance(figure, dict):
         figure = figure.to_dict()
     template = (figure.get("layout") or {}).get("template")
@@ -491,15 +538,16 @@ def explorer_html(figure, *, plotly_js: str = BOOK_PLOTLY_JS, div_id: str | None
     height = (figure.get("layout") or {}).get("height") or 600
     html = pio.to_html(figure, full_html=False, include_plotlyjs=plotly_js, auto_play=False, div_id=div_id,
                        default_height=f"{height}px", validate=False, config=dict(displaylogo=False, responsive=True))
-    return f'<div class="{EXPLORER_CLASS}">\n{html}\n</div>'
+    data = f" data-checks='{html_escape(json.dumps(checks, separators=(',', ':')))}'" if checks else ""
+    return f'<div class="{EXPLORER_CLASS}"{data}>\n{html}\n</div>'
 
 
-def display_explorer(figure, *, plotly_js: str = BOOK_PLOTLY_JS):
+def display_explorer(figure, *, plotly_js: str = BOOK_PLOTLY_JS, checks: Sequence[Mapping] = ()):
     """An ``IPython.display.HTML`` of :func:`explorer_html`: the last expression of a notebook cell, rendered by
     myst-nb as the page's raw HTML (mime type ``text/html``; no require.js, no widget state)."""
     from IPython.display import HTML
 
-    return HTML(explorer_html(figure, plotly_js=plotly_js))
+    return HTML(explorer_html(figure, plotly_js=plotly_js, checks=checks))
 
 
 def plotly_bundle_path() -> Path:

@@ -45,6 +45,7 @@ from hessian_core import (eigen_linkage, full_hessian, gauss_newton, hessian_ope
 from .. import config as checks
 from .. import plots
 from ..config import ChapterConfig
+from ..explorer import FIRST_AND_LAST, ExplorerRun, display_explorer, explorer_figure, explorer_glue
 from ..glue import direction_word
 from ..measure import HessianSpectrum, dense_spectrum, timed
 from ..progress import show_progress
@@ -545,7 +546,19 @@ class Result:
             negative_word=("are not only rounding noise" if final["n_negative_tol"] > 0
                            else "are all at the level of rounding"),
             **(self._analysis_glued() if len(self.draws) else {}),
+            **explorer_glue(self.explorer_run()),
         )
+
+    def explorer_run(self) -> ExplorerRun:
+        """The run as the checkpoint explorer takes it: every checkpoint's whole spectrum on ``hessian_samples``
+        images, with the train and test loss and the test error (1 − accuracy) per checkpoint."""
+        c = self.curves
+        steps = c["step"].to_numpy(dtype=float)
+        return ExplorerRun(name=f"seed {self.config.seed}", steps=np.asarray(self.steps, dtype=float),
+                           spectra=tuple(self.eigenvalues),
+                           curves={"train loss": (steps, c["train_loss"].to_numpy(dtype=float)),
+                                   "test loss": (steps, c["test_loss"].to_numpy(dtype=float)),
+                                   "test error": (steps, 1 - c["test_acc"].to_numpy(dtype=float))})
 
     def draw_summary(self) -> pd.DataFrame:
         """Per draw checkpoint: the draws' median and central 95 % range of λ_max, largest gap, near-zero share
@@ -1011,6 +1024,18 @@ def plot_cluster_counts(result: Result, *, eps: np.ndarray | None = None) -> Fig
     return fig
 
 
+def explorer(result: Result, *, max_points: int = 400, eps: np.ndarray | None = None):
+    """The checkpoint explorer of the page (``IPython.display.HTML``): a slider over the checkpoints redraws the
+    whole spectrum (decimated to ``max_points`` values keeping its extremes and largest gaps), n(ε) on ``eps``
+    (default: the grid of :func:`plot_cluster_counts`) and the curves with a line at the step; the page check moves
+    the slider to the first and last checkpoints (:data:`hessian_book.explorer.FIRST_AND_LAST`)."""
+    eps = np.logspace(-6, 2, 81) if eps is None else eps
+    figure = explorer_figure(result.explorer_run(), max_points=max_points, eps=eps, curves_log_y=True,
+                             title=f"LeNet-tiny on MNIST: the Hessian on {result.config.hessian_samples} images "
+                                   "at each checkpoint")
+    return display_explorer(figure, checks=FIRST_AND_LAST)
+
+
 def plot_gap_barcode(result: Result, *, top: int = 10) -> Figure:
     """The ``top`` spectral gaps at each checkpoint."""
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -1144,7 +1169,8 @@ def _glue_classes() -> dict[str, Any]:
             "n_draws", "n_dense_draws", "draw_step", "n_draw_checkpoints", "seed_lambda_max", "seed_gap1",
             "seed_frac_small", "seed_source", "n_vectors_glue", "n_classes", "n_parameters", "size_small",
             "size_big", "rank_bound_small", "rank_share_small", "rank_share_hessian", "rank_bound_hessian",
-            "gn_bound_big", "gn_bound_small", "papyan_c", "papyan_cc", "rel_window", "top_layer_param_share")},
+            "gn_bound_big", "gn_bound_small", "papyan_c", "papyan_cc", "rel_window", "top_layer_param_share",
+            "explorer_step_first", "explorer_step_last")},
         # the page's verdicts and in-range statements
         **{name: conclusion() for name in (
             "negative_word", "seed_lmax_verdict", "seed_gap_verdict", "seed_zero_verdict", "own_lmax_verdict",

@@ -189,3 +189,81 @@ def test_a_book_built_with_the_project_config_loads_nothing_from_a_cdn(tmp_path)
     assert check_pages.external_assets(html) == {}
     # book/sphinx_assets.py: sphinx-thebe's inline config once (twice is a JavaScript error in the browser)
     assert (html / "intro.html").read_text().count("const THEBE_JS_URL") == 1
+
+
+def explorer_book(tmp_path: Path, glued: dict[str, str] | None, *, checks=None) -> tuple[Path, list]:
+    """A book folder with one chapter page holding an explorer of two runs (plotly.min.js in ``_static`` as the
+    book ships it) and, unless ``glued`` is None, the executed notebook it was built from with those glue records."""
+    import json
+
+    import numpy as np
+
+    from hessian_book.explorer import (BOOK_PLOTLY_JS, FIRST_AND_LAST, PLOTLY_JS_NAME, ExplorerRun, explorer_figure,
+                                       explorer_html, plotly_bundle_path)
+
+    rng = np.random.default_rng(3)
+    runs = []
+    for r in range(2):
+        steps = np.array([0, 100, 250, 500, 1000]) + r
+        spectra = [np.concatenate([rng.normal(0, 1e-3, 300), rng.lognormal(i + r, 0.5, 5)]) for i in range(5)]
+        runs.append(ExplorerRun(name=f"run {r}", steps=steps, spectra=spectra,
+                                curves={"loss": (steps, np.exp(-steps / 300.0))}))
+    folder = tmp_path / "html"
+    page = folder / "notebooks" / "_executed" / "chapter.html"
+    page.parent.mkdir(parents=True)
+    (folder / "_static").mkdir()
+    shutil.copyfile(plotly_bundle_path(), folder / "_static" / PLOTLY_JS_NAME)
+    fragment = explorer_html(explorer_figure(runs, max_points=60), plotly_js=BOOK_PLOTLY_JS,
+                             checks=FIRST_AND_LAST if checks is None else checks)
+    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>")
+    if glued is not None:
+        source = folder / "_sources" / "notebooks" / "_executed" / "chapter.ipynb"
+        source.parent.mkdir(parents=True)
+        prefix = "application/papermill.record/"
+        cells = [{"cell_type": "code", "outputs": [
+            {"output_type": "display_data", "data": {prefix + "text/plain": text},
+             "metadata": {"scrapbook": {"name": name, "mime_prefix": prefix}}} for name, text in glued.items()]}]
+        source.write_text(json.dumps({"cells": cells}))
+    return folder, runs
+
+
+def glue_of(runs) -> dict[str, str]:
+    from hessian_book.explorer import explorer_glue
+
+    return {name: repr(value) for name, value in explorer_glue(runs[0]).items()}
+
+
+@browser
+def test_an_explorer_whose_slider_draws_the_glued_checkpoints_passes(tmp_path, chromium_browser):
+    folder, runs = explorer_book(tmp_path, None)
+    glued = glue_of(runs)
+    folder, runs = explorer_book(tmp_path / "again", glued)
+    shots = tmp_path / "shots"
+    (report,) = check_pages.check(folder, browser=chromium_browser, screenshots=shots)
+    assert report.ok, report.problems
+    assert report.explorers == "2/2"
+    assert sorted(p.name for p in shots.iterdir()) == ["chapter-explorer0-check0.png", "chapter-explorer0-check1.png"]
+    # a check of the second run moves the run selector first
+    second = [dict(run=1, checkpoint=2, step="s", lambda_max="l")]
+    folder, runs = explorer_book(tmp_path / "run1", {"s": repr(int(runs[1].steps[2])),
+                                                      "l": repr(float(runs[1].spectra[2].max()))}, checks=second)
+    (report,) = check_pages.check(folder, browser=chromium_browser)
+    assert report.ok and report.explorers == "1/1", report.problems
+
+
+@browser
+def test_an_explorer_that_disagrees_with_its_glued_values_fails(tmp_path, chromium_browser):
+    folder, runs = explorer_book(tmp_path, None)
+    glued = glue_of(runs)
+    # the last checkpoint's value glued as the first's: the slider at the first checkpoint draws something else
+    wrong = dict(glued, explorer_lmax_first=glued["explorer_lmax_last"])
+    folder, _ = explorer_book(tmp_path / "wrong", wrong)
+    (report,) = check_pages.check(folder, browser=chromium_browser)
+    assert not report.ok and report.explorers == "1/2"
+    assert any("run 0 checkpoint 0: lambda_max drawn" in p for p in report.problems), report.problems
+    # no executed notebook beside the page: nothing to compare with, so the page fails
+    folder, _ = explorer_book(tmp_path / "nosource", None)
+    (report,) = check_pages.check(folder, browser=chromium_browser)
+    assert not report.ok and any("no executed notebook" in p for p in report.problems), report.problems
+    # a page without explorers has no slider column and no explorer problems
+    assert check_pages.check(good_book(tmp_path / "plain"), browser=chromium_browser)[0].explorers == ""

@@ -341,3 +341,28 @@ def test_slider_and_run_selector_redraw_the_chosen_checkpoint_in_chromium(tmp_pa
         # and the book's own page check passes on it (no JS error, no network request, nothing broken)
         (report,) = check_pages.check(tmp_path, browser=browser)
         assert report.ok, report.problems
+
+
+def test_explorer_glue_and_checks_attribute():
+    import html
+    import json
+    import re
+
+    from hessian_book.explorer import FIRST_AND_LAST, explorer_glue
+
+    runs = make_runs(np.random.default_rng(11))
+    glue = explorer_glue(runs[0])
+    assert glue == dict(explorer_step_first=int(runs[0].steps[0]), explorer_lmax_first=runs[0].spectra[0].max(),
+                        explorer_step_last=int(runs[0].steps[-1]), explorer_lmax_last=runs[0].spectra[-1].max())
+    assert isinstance(glue["explorer_step_first"], int)
+    fragment = explorer_html(explorer_figure(runs, max_points=50), checks=FIRST_AND_LAST)
+    (attribute,) = re.findall(r"data-checks='([^']*)'", fragment)
+    assert json.loads(html.unescape(attribute)) == [dict(c) for c in FIRST_AND_LAST]
+    assert "data-checks" not in explorer_html(explorer_figure(runs, max_points=50))
+    for bad in ([dict(run=0, checkpoint=0, step="a")], [dict(run=-1, checkpoint=0, step="a", lambda_max="b")],
+                [dict(run=0, checkpoint=0.5, step="a", lambda_max="b")], [dict(run=0, checkpoint=0, step="",
+                                                                                lambda_max="b")]):
+        with pytest.raises(ValueError, match="checks"):
+            explorer_html(explorer_figure(runs, max_points=50), checks=bad)
+    with pytest.raises(TypeError, match="ExplorerRun"):
+        explorer_glue(runs)
