@@ -26,6 +26,7 @@ needs_mnist = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="M
 
 # The glue names of the chapter's prose (as glued by the notebook before the port).
 GLUE_NAMES = {
+    "explorer_step_first", "explorer_lmax_first", "explorer_step_last", "explorer_lmax_last",
     "n_checkpoints", "final_step", "final_test_acc", "final_lambda_max", "final_lambda_min", "final_frac_small",
     "final_gap1", "final_gap2", "n_above_gap", "final_n_negative", "seconds_train", "seconds_hessians",
     "seconds_eigendecompositions", "seconds_larger_subsample", "seconds_total", "wall_minutes", "n_workers",
@@ -315,6 +316,30 @@ def test_figures_draw(tmp_path, draw):
     figure = draw(_synthetic_result(tmp_path))
     assert isinstance(figure, matplotlib.figure.Figure) and figure.axes
     plt.close("all")
+
+
+def test_explorer_shows_every_checkpoints_whole_spectrum_and_is_checked_against_the_glue(tmp_path):
+    import html
+    import json
+    import re
+
+    from hessian_book.explorer import FIRST_AND_LAST
+
+    result = _synthetic_result(tmp_path)
+    run = result.explorer_run()
+    assert list(run.steps) == list(result.steps)
+    for spectrum, eigenvalues in zip(run.spectra, result.eigenvalues):
+        np.testing.assert_array_equal(spectrum, eigenvalues)  # the whole spectrum, not extremes
+    np.testing.assert_allclose(run.curves["test error"][1], 1 - result.curves["test_acc"].to_numpy())
+    glued = result.glued()
+    assert glued["explorer_lmax_last"] == glued["final_lambda_max"] and glued["explorer_step_last"] == \
+        glued["final_step"]
+    assert glued["explorer_lmax_first"] == result.eigenvalues[0].max()
+    fragment = mnist_lenet.explorer(result).data
+    (checks,) = re.findall(r"data-checks='([^']*)'", fragment)
+    assert json.loads(html.unescape(checks)) == [dict(c) for c in FIRST_AND_LAST]
+    assert set(c[k] for c in FIRST_AND_LAST for k in ("step", "lambda_max")) <= set(glued)
+    assert len(re.findall(r'"name":\s*"run0-ckpt\d+"', fragment)) == len(result.steps)  # a frame per checkpoint
 
 
 def test_gif_and_table(tmp_path):
