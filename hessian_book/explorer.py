@@ -271,7 +271,9 @@ def _step_array(steps: NDArray[np.float64]) -> dict:
 
 def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: int = 300, n_gaps: int = 10,
                     eps: ArrayLike | None = None, n_eps: int = 64, scale: float = 1e-3, curves_log_x: bool = False,
-                    curves_log_y: bool = False, title: str | None = None, height: int = 760) -> dict:
+                    curves_log_y: bool = False, title: str | None = None, height: int = 760,
+                    spectrum_title: str = "spectrum (signed log), largest gaps' ends in red",
+                    counts_title: str = "clusters n(ε), largest gaps dotted") -> dict:
     """The checkpoint explorer: a plotly figure with a slider over checkpoints and, for several runs, a run selector.
 
     Panels at the chosen checkpoint: the decimated spectrum by rank on the signed-log axis ``asinh(λ / scale)``
@@ -293,6 +295,8 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
             steps / values out).
         title: figure title.
         height: figure height in pixels.
+        spectrum_title, counts_title: the two top panels' titles (say what the spectrum is when it is not the
+            whole spectrum, e.g. the extremes Lanczos found).
 
     Returns:
         The figure as a plain plotly figure dict (``data``, ``layout``, ``frames``), unvalidated because plotly's
@@ -428,8 +432,7 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
         xaxis3=dict(domain=[0.0, 1.0], anchor="y3", title=dict(text="training step"),
                     type="log" if curves_log_x else "linear"),
         yaxis3=dict(domain=bottom_row, anchor="x3", type="log" if curves_log_y else "linear"),
-        annotations=[panel_title("spectrum (signed log), largest gaps' ends in red", 0.21, 1.0),
-                     panel_title("clusters n(ε), largest gaps dotted", 0.8, 1.0)],
+        annotations=[panel_title(str(spectrum_title), 0.21, 1.0), panel_title(str(counts_title), 0.8, 1.0)],
     )
     if title:
         layout["title"] = dict(text=title, x=0.5, xanchor="center")
