@@ -1918,7 +1918,11 @@ def explorer(result: Result) -> dict:
     from ..explorer import explorer_figure
 
     k = result.config.lanczos_k
-    return explorer_figure(
+    figure = explorer_figure(
         explorer_runs(result), n_gaps=EXPLORER_GAPS, curves_log_y=True,
         spectrum_title=f"the {k} smallest and {k} largest eigenvalues (Lanczos), not the bulk",
         counts_title=f"n(ε) of those {2 * k} values (one gap stands for the unseen bulk)")
+    # the curves share one legend group, which a horizontal legend stacks vertically, over the spectrum panel with
+    # six curves: list them in a row instead
+    figure["layout"]["legend"]["traceorder"] = "normal"
+    return figure
