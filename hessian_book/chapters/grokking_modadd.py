@@ -58,7 +58,7 @@ __all__ = ["Config", "RunSpec", "main_run", "train_run", "hessian_batch", "run_h
            "analysis_stores", "run", "plot_recipes",
            "plot_main_run", "plot_replication", "plot_progress_measures", "plot_spike", "plot_summary",
            "plot_spectrum_evolution", "plot_density", "plot_dendrograms", "dendrogram_gif", "plot_cluster_counts",
-           "plot_gap_barcode", "plot_phases"]
+           "plot_gap_barcode", "plot_phases", "explorer_runs", "explorer"]
 
 _DENSE_PICKS = ("before", "during", "after", "final")
 PHASES = ("plateau", "transition", "after")
@@ -1173,6 +1173,7 @@ class Result:
         out.update(self._glued_subsample())
         out.update(self._glued_spikes())
         out.update(self._glued_timings())
+        out.update(self._glued_explorer())
         return out
 
     def _glued_replication(self) -> dict[str, Any]:
@@ -1370,6 +1371,16 @@ class Result:
                                  "serial": "the calling process"}.get(self.config.scheduler,
                                                                       f"a Dask cluster ({self.config.scheduler})")
         return out
+
+    def _glued_explorer(self) -> dict[str, Any]:
+        """The reference run's first and last checkpoint as the explorer shows them (from the very arrays it is
+        given), for the page check that reads the explorer's data back."""
+        reference = explorer_runs(self)[0]
+        first, last = 0, len(reference.steps) - 1
+        return dict(explorer_step_first=int(reference.steps[first]),
+                    explorer_lmax_first=float(reference.spectra[first].max()),
+                    explorer_step_last=int(reference.steps[last]),
+                    explorer_lmax_last=float(reference.spectra[last].max()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -1867,3 +1878,51 @@ def plot_spike(result: Result):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The checkpoint explorer (an interactive figure for the book page: hessian_book.explorer)
+
+#: The explorer's curves: name in the legend -> (table of :class:`RunAnalysis`, column). The losses are logged
+#: every ``log_every`` steps; the progress measures exist at every checkpoint.
+EXPLORER_CURVES = {"train loss": ("curves", "train_loss"), "test loss": ("curves", "test_loss"),
+                   "restricted loss (train)": ("progress", "restricted_loss"),
+                   "excluded loss (train)": ("progress", "excluded_loss"),
+                   "Gini of W_E (Fourier)": ("progress", "gini_embedding"),
+                   "Gini of W_U (Fourier)": ("progress", "gini_unembedding")}
+EXPLORER_GAPS = 3  # widest gaps marked among the 2k values at a checkpoint
+
+
+def explorer_runs(result: Result) -> list:
+    """One :class:`hessian_book.explorer.ExplorerRun` per run of ``result.runs`` (the reference run first, the
+    control last): its checkpoints, the ``2k`` Lanczos extremes at each (``ndarray[2k]``, the k smallest and the
+    k largest eigenvalues; not the whole spectrum) and the curves of :data:`EXPLORER_CURVES`. What
+    :func:`explorer` draws and the ``explorer_*`` glued values read."""
+    from ..explorer import ExplorerRun
+
+    runs = []
+    for r in result.runs:
+        tables = {"curves": r.curves.set_index("step"), "progress": r.progress}
+        curves = {name: (tables[table].index.to_numpy(dtype=float), tables[table][column].to_numpy(dtype=float))
+                  for name, (table, column) in EXPLORER_CURVES.items()}
+        runs.append(ExplorerRun(name=r.label, steps=np.asarray(r.checkpoints, dtype=float),
+                                spectra=tuple(np.asarray(e, dtype=float) for e in r.extremes), curves=curves))
+    return runs
+
+
+def explorer(result: Result) -> dict:
+    """The checkpoint explorer of every run (:func:`hessian_book.explorer.explorer_figure`; a dropdown selects the
+    run, a slider its checkpoint): the Lanczos extremes at the checkpoint on a signed-log axis, n(ε) of those
+    ``2k`` values, and the run's losses and progress measures (log y) with a line at the checkpoint's step.
+    Show it with :func:`hessian_book.explorer.display_explorer`."""
+    from ..explorer import explorer_figure
+
+    k = result.config.lanczos_k
+    figure = explorer_figure(
+        explorer_runs(result), n_gaps=EXPLORER_GAPS, curves_log_y=True,
+        spectrum_title=f"the {k} smallest and {k} largest eigenvalues (Lanczos), not the bulk",
+        counts_title=f"n(ε) of those {2 * k} values (one gap stands for the unseen bulk)")
+    # the curves share one legend group, which a horizontal legend stacks vertically, over the spectrum panel with
+    # six curves: list them in a row instead
+    figure["layout"]["legend"]["traceorder"] = "normal"
+    return figure

@@ -403,6 +403,68 @@ def test_figures_draw(tiny):
     assert Path(grokking_modadd.dendrogram_gif(result)).is_file()
 
 
+def _decode(spec) -> np.ndarray:
+    """A plotly.js typed-array spec ``{"dtype", "bdata"}`` back to numpy (independently of the explorer's encoder)."""
+    import base64
+
+    dtypes = {"u2": "<u2", "u4": "<u4", "f4": "<f4", "f8": "<f8"}
+    return np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.dtype(dtypes[spec["dtype"]]))
+
+
+def test_explorer_shows_every_runs_lanczos_extremes_at_every_checkpoint(tiny):
+    pytest.importorskip("plotly")
+    import plotly.graph_objects as go
+
+    config, result = tiny
+    figure = grokking_modadd.explorer(result)
+    go.Figure(figure)  # a valid plotly figure
+    k, runs = config.lanczos_k, result.runs
+    assert len(figure["frames"]) == sum(len(r.checkpoints) for r in runs)
+    frames = {f["name"]: f for f in figure["frames"]}
+    for i, r in enumerate(runs):
+        for t, step in enumerate(r.checkpoints):
+            spectrum, *_, marker = frames[f"run{i}-ckpt{t}"]["data"]
+            # all 2k extremes (nothing to decimate at 2k values), exactly, in ascending order
+            assert np.array_equal(_decode(spectrum["customdata"]), np.sort(r.extremes[t]))
+            assert _decode(spectrum["customdata"]).size == 2 * k
+            assert _decode(marker["x"]).tolist() == [step, step]
+    # one run per dropdown entry, reference first and control last; each slider walks that run's checkpoints
+    buttons = figure["layout"]["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == [r.label for r in runs] and runs[-1].spec.role == "control"
+    for b, r in zip(buttons, runs):
+        assert [float(s["label"]) for s in b["args"][1]["sliders"][0]["steps"]] == r.checkpoints.tolist()
+    # the curves: the reference run's logged test loss and its progress measures at its checkpoints
+    curves = {trace["name"]: trace for trace in figure["data"][4:-1]}
+    assert list(curves) == list(grokking_modadd.EXPLORER_CURVES)
+    reference = result.reference
+    assert _decode(curves["test loss"]["x"]).tolist() == reference.curves["step"].tolist()
+    assert np.allclose(_decode(curves["test loss"]["y"]), reference.curves["test_loss"], rtol=1e-6, equal_nan=True)
+    assert np.allclose(_decode(curves["Gini of W_U (Fourier)"]["y"]), reference.progress["gini_unembedding"],
+                       rtol=1e-6, equal_nan=True)
+    # the titles say these are the extremes, not the whole spectrum
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert f"the {k} smallest and {k} largest eigenvalues (Lanczos), not the bulk" in titles
+    assert any(t.startswith(f"n(ε) of those {2 * k} values") for t in titles)
+
+
+def test_explorer_glue_is_what_its_first_and_last_frames_show(tiny):
+    _, result = tiny
+    glued = result.glued()
+    reference = result.reference
+    # independently of the explorer: the reference run's first and last checkpoints and their largest Lanczos value
+    assert glued["explorer_step_first"] == reference.checkpoints[0] and glued["explorer_step_first"] == 0
+    assert glued["explorer_step_last"] == reference.checkpoints[-1]
+    assert glued["explorer_lmax_first"] == reference.extremes[0].max()
+    assert glued["explorer_lmax_last"] == reference.extremes[-1].max()
+    assert isinstance(glued["explorer_step_last"], int) and isinstance(glued["explorer_lmax_last"], float)
+    pytest.importorskip("plotly")
+    frames = {f["name"]: f["data"] for f in grokking_modadd.explorer(result)["frames"]}
+    for which, t in (("first", 0), ("last", len(reference.checkpoints) - 1)):
+        spectrum, *_, marker = frames[f"run0-ckpt{t}"]
+        assert _decode(spectrum["customdata"]).max() == glued[f"explorer_lmax_{which}"]  # bit for bit
+        assert _decode(marker["x"]).tolist() == [glued[f"explorer_step_{which}"]] * 2
+
+
 def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
     fake = SimpleNamespace(store=ResultStore(tmp_path, "grokking_modadd", dict(p=113, seed=0)))
     config = grokking_modadd.Config(results_dir=str(tmp_path))
