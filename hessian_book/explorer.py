@@ -423,7 +423,9 @@ def explorer_figure(runs: ExplorerRun | Sequence[ExplorerRun], *, max_points: in
     top_row, bottom_row = [0.6, 1.0], [0.0, 0.4]
     layout = dict(
         template="simple_white", height=height, margin=dict(t=100 if len(runs) > 1 else 50, b=130, l=70, r=20),
-        sliders=[slider(0)], legend=dict(orientation="h", x=0.0, y=bottom_row[1] + 0.02, yanchor="bottom"),
+        sliders=[slider(0)], legend=dict(orientation="h", x=0.0, y=bottom_row[1] + 0.02, yanchor="bottom",
+                                                 # one row: grouped traces would stack vertically over the top panels
+                                                 traceorder="normal"),
         xaxis=dict(domain=[0.0, 0.42], anchor="y", title=dict(text="rank (ascending)"),
                    range=[-0.01 * max_rank - 0.5, 1.01 * max_rank + 0.5]),
         yaxis=dict(domain=top_row, anchor="x", title=dict(text="eigenvalue λ"), range=[y_lo - pad, y_hi + pad],

@@ -1374,13 +1374,10 @@ class Result:
 
     def _glued_explorer(self) -> dict[str, Any]:
         """The reference run's first and last checkpoint as the explorer shows them (from the very arrays it is
-        given), for the page check that reads the explorer's data back."""
-        reference = explorer_runs(self)[0]
-        first, last = 0, len(reference.steps) - 1
-        return dict(explorer_step_first=int(reference.steps[first]),
-                    explorer_lmax_first=float(reference.spectra[first].max()),
-                    explorer_step_last=int(reference.steps[last]),
-                    explorer_lmax_last=float(reference.spectra[last].max()))
+        given), for the page check that moves its slider (:data:`hessian_book.explorer.FIRST_AND_LAST`)."""
+        from ..explorer import explorer_glue
+
+        return explorer_glue(explorer_runs(self)[0])
 
 
 @functools.lru_cache(maxsize=8)
@@ -1922,7 +1919,4 @@ def explorer(result: Result) -> dict:
         explorer_runs(result), n_gaps=EXPLORER_GAPS, curves_log_y=True,
         spectrum_title=f"the {k} smallest and {k} largest eigenvalues (Lanczos), not the bulk",
         counts_title=f"n(ε) of those {2 * k} values (one gap stands for the unseen bulk)")
-    # the curves share one legend group, which a horizontal legend stacks vertically, over the spectrum panel with
-    # six curves: list them in a row instead
-    figure["layout"]["legend"]["traceorder"] = "normal"
     return figure
