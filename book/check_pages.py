@@ -166,26 +166,10 @@ EXPLORER_STATE = """
 """
 
 
-def glued_values(notebook: Path) -> dict[str, str]:
-    """``{name: text}`` of every value an executed notebook glues (papermill/scrapbook ``text/plain`` records)."""
-    import json
-
-    values = {}
-    for cell in json.loads(Path(notebook).read_text()).get("cells", []):
-        for output in cell.get("outputs", []):
-            record = output.get("metadata", {}).get("scrapbook")
-            if record:
-                text = output.get("data", {}).get(record.get("mime_prefix", "") + "text/plain")
-                if text is not None:
-                    values[record["name"]] = text
-    return values
-
-
-def _as_number(text: str | None) -> float | None:
-    try:
-        return float(text.strip().strip("'\""))
-    except (AttributeError, ValueError):
+def _as_number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    return float(value)
 
 
 def check_explorers(page, source: Path | None, *, screenshots: Path | None = None, name: str = "page",
@@ -194,6 +178,8 @@ def check_explorers(page, source: Path | None, *, screenshots: Path | None = Non
     ``(checks passed, checks, problems)``. ``source``: the executed notebook the page was built from (its glued
     values are the expectations); ``screenshots``: a folder for a PNG of each explorer at each check."""
     import json
+
+    from glued import glued_values  # book/glued.py: the reader --verify uses
 
     divs = page.locator(".hb-explorer")
     n_divs = divs.count()

@@ -194,8 +194,6 @@ def test_a_book_built_with_the_project_config_loads_nothing_from_a_cdn(tmp_path)
 def explorer_book(tmp_path: Path, glued: dict[str, str] | None, *, checks=None) -> tuple[Path, list]:
     """A book folder with one chapter page holding an explorer of two runs (plotly.min.js in ``_static`` as the
     book ships it) and, unless ``glued`` is None, the executed notebook it was built from with those glue records."""
-    import json
-
     import numpy as np
 
     from hessian_book.explorer import (BOOK_PLOTLY_JS, FIRST_AND_LAST, PLOTLY_JS_NAME, ExplorerRun, explorer_figure,
@@ -219,11 +217,14 @@ def explorer_book(tmp_path: Path, glued: dict[str, str] | None, *, checks=None) 
     if glued is not None:
         source = folder / "_sources" / "notebooks" / "_executed" / "chapter.ipynb"
         source.parent.mkdir(parents=True)
+        import nbformat
+
         prefix = "application/papermill.record/"
-        cells = [{"cell_type": "code", "outputs": [
-            {"output_type": "display_data", "data": {prefix + "text/plain": text},
-             "metadata": {"scrapbook": {"name": name, "mime_prefix": prefix}}} for name, text in glued.items()]}]
-        source.write_text(json.dumps({"cells": cells}))
+        cell = nbformat.v4.new_code_cell("glue(...)", outputs=[
+            nbformat.v4.new_output("display_data", data={prefix + "text/plain": text},
+                                   metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
+            for name, text in glued.items()])
+        nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(source))
     return folder, runs
 
 
