@@ -32,7 +32,8 @@
 Notebooks are Jupytext MyST markdown files in ``notebooks/``. papermill cannot read them, so each is converted
 with jupytext and executed with papermill (its ``parameters`` cell overridden). A record execution writes
 ``record/<name>.ipynb`` with lean outputs and its provenance in the metadata (``book/record.py``), including the
-machine's calibration taken just before (``hessian_book.calibration``; ``--verify`` calibrates too). Every build
+machine's calibrations taken just before and just after (``hessian_book.calibration``; a record's time at the
+reference speed uses their mean factor; ``--verify`` calibrates the same way). Every build
 then writes the pages the book shows into ``notebooks/_executed/`` (lean outputs, a provenance note or a smoke
 banner at the top), generates the Reproducibility page, and renders them with Jupyter Book 1.x as they are
 (``execute_notebooks: off``): building the book never reruns an experiment behind your back.
@@ -62,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # book/ modules, also 
 import record as rec  # noqa: E402
 from glued import glued_values  # noqa: E402
 
-from hessian_book.calibration import Calibration, calibrate  # noqa: E402
+from hessian_book.calibration import Calibration, calibrate, combine, from_dict  # noqa: E402
 
 ROOT = rec.ROOT
 NOTEBOOKS = rec.NOTEBOOKS
@@ -115,7 +116,8 @@ def _results_dir(name: str, parameters: dict) -> Path | None:
 
 
 def calibrated() -> Calibration:
-    """The machine's calibration now (~10 s), printed: taken before every record execution and ``--verify``."""
+    """The machine's calibration now (~10 s), printed: taken before and after every record execution and
+    ``--verify``."""
     result = calibrate()
     print(f"  {result.summary()}", flush=True)
     return result
@@ -123,8 +125,8 @@ def calibrated() -> Calibration:
 
 def record_chapter(name: str, *, record_dir: Path | None = None, parameters: dict | None = None) -> float:
     """Execute ``name`` at its defaults (plus ``parameters``) into ``record_dir/<name>.ipynb`` (default
-    ``record/``) with lean outputs and provenance (with a calibration taken just before); fails loudly when the
-    record is no longer lean. Returns the wall time."""
+    ``record/``) with lean outputs and provenance (with calibrations taken just before and just after); fails
+    loudly when the record is no longer lean. Returns the wall time."""
     record_dir = record_dir or RECORD
     parameters = dict(parameters or {})
     calibration = calibrated()
@@ -133,6 +135,10 @@ def record_chapter(name: str, *, record_dir: Path | None = None, parameters: dic
         executed = Path(tmp) / f"{name}.ipynb"
         seconds = execute(name, executed, parameters)
         notebook = nbformat.read(executed, as_version=4)
+    run.calibration_after = calibrated().as_dict()
+    mean = combine(from_dict(run.calibration), from_dict(run.calibration_after))
+    print(f"  {name}: {_clock(seconds)} of wall time, {_clock(mean.to_reference(seconds))} at the reference speed "
+          f"(mean factor {mean.speed_factor:.2f} of the calibrations before and after)", flush=True)
     notebook, removed = rec.lean(notebook)
     for line in removed:
         print(f"  lean: removed {line}", flush=True)
@@ -344,8 +350,9 @@ def verify(name: str, *, against: Path | None = None, scratch: Path | None = Non
           f"{_clock(meta.get('wall_seconds') or ref.metadata.get('papermill', {}).get('duration'))})", flush=True)
     out = scratch / f"{name}.ipynb"
     seconds = execute(name, out, parameters)  # pins this process's environment, which the kernel inherits
-    print(f"re-executed in {_clock(seconds)} ({_clock(calibration.to_reference(seconds))} at the reference speed) "
-          f"into {out}\n")
+    calibration = combine(calibration, calibrated())
+    print(f"re-executed in {_clock(seconds)} ({_clock(calibration.to_reference(seconds))} at the reference speed, "
+          f"mean factor {calibration.speed_factor:.2f} of the calibrations before and after) into {out}\n")
     # The rerun's path: this process's, whose environment and machine the kernel shares.
     return _classed_table(name, reference, out, (meta.get("numerical_path"), rec.current_numerical_path()),
                           ("record", "rerun "))

@@ -4,9 +4,10 @@
 ``hessian_record`` holds the provenance (see :func:`provenance`): the code commit and whether the tree was dirty,
 the date, the machine (cores, CPU, load before and after), package versions, the parameters (injected and the
 parameters cell's defaults), the chapter's glued ``results_keys`` and ``timings`` (when it glues them; otherwise
-the glued wall times, names with ``seconds``/``minutes``), the total wall time, the machine's calibration taken
-just before the execution (:mod:`hessian_book.calibration`: ms per reference step, GFLOP/s, load; ``None`` in
-records made before calibrations existed), the numerical path it ran on (:mod:`hessian_book.numerics`: pinned or
+the glued wall times, names with ``seconds``/``minutes``), the total wall time, the machine's calibrations taken
+just before and just after the execution (:mod:`hessian_book.calibration`: ms per reference step, GFLOP/s, load;
+``calibration`` is ``None`` in records made before calibrations existed, ``calibration_after`` is absent in records
+made before it was taken), the numerical path it ran on (:mod:`hessian_book.numerics`: pinned or
 not, CPU model and flags, ATen capability, MKL branch, oneDNN ISA, BLAS libraries, threads, torch build), the disk
 use of the results it wrote, and the hashes of the source's code cells that decide whether the record is stale
 (:func:`staleness`).
@@ -229,6 +230,7 @@ class Run:
     disk_before: dict[str, int] = field(default_factory=dict)
     code: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # hessian_book.calibration.Calibration.as_dict(), taken just before
+    calibration_after: dict[str, Any] | None = None  # the same, taken just after (set by the caller)
     numerical_path: dict[str, Any] | None = None  # hessian_book.numerics.numerical_path() of the executing env
 
     @classmethod
@@ -275,8 +277,9 @@ def provenance(run: Run, notebook, source, wall_seconds: float) -> dict[str, Any
         "results_keys": _jsonable(glued.get("results_keys")),
         "timings": _jsonable(glued_timings(glued)),
         "wall_seconds": round(wall_seconds, 1),
-        # the machine's speed just before (hessian_book.calibration); None: not calibrated
+        # the machine's speed just before and just after (hessian_book.calibration); None: not calibrated
         "calibration": _jsonable(run.calibration) if run.calibration else None,
+        "calibration_after": _jsonable(run.calibration_after) if run.calibration_after else None,
         # the numerical path the chapter ran on (hessian_book.numerics); None in records made before it was kept
         "numerical_path": _jsonable(run.numerical_path) if run.numerical_path else None,
         "results_dir": str(run.results_dir) if run.results_dir is not None else None,

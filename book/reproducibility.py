@@ -13,7 +13,7 @@ from typing import Any
 
 import nbformat
 
-from hessian_book.calibration import REFERENCE_MS_PER_STEP, from_dict
+from hessian_book.calibration import REFERENCE_MS_PER_STEP, Calibration, combine, from_dict
 from hessian_book.numerics import PINNED_ENV, describe_path
 from record import (BOOK_GOAL_MINUTES, GOAL_MINUTES, RECORD, ROOT, Status, book_chapters, record_of,
                     staleness)
@@ -49,10 +49,18 @@ def _met(seconds: float | None, goal: float | None) -> str:
     return "met" if seconds <= 60 * goal else "missed"
 
 
+def record_calibration(meta: dict[str, Any]) -> Calibration | None:
+    """The record's calibration: the mean of the ones taken before and after its execution
+    (:func:`hessian_book.calibration.combine`; only the one before in records made before the one after was
+    taken); None when it has none."""
+    return combine(from_dict(meta.get("calibration")), from_dict(meta.get("calibration_after")))
+
+
 def reference_seconds(meta: dict[str, Any]) -> float | None:
-    """The record's wall time scaled to the reference speed by its own calibration; None when the record has no
-    calibration (made before calibrations existed: no factor is assumed) or no wall time."""
-    calibration = from_dict(meta.get("calibration"))
+    """The record's wall time scaled to the reference speed by its own calibration (:func:`record_calibration`);
+    None when the record has no calibration (made before calibrations existed: no factor is assumed) or no wall
+    time."""
+    calibration = record_calibration(meta)
     seconds = meta.get("wall_seconds")
     if calibration is None or seconds is None:
         return None
@@ -60,12 +68,18 @@ def reference_seconds(meta: dict[str, Any]) -> float | None:
 
 
 def calibration_text(meta: dict[str, Any]) -> str:
-    """``"31.2 ms/step (×2.60), 20.1 GFLOP/s, load 1.20 → 1.50"`` or ``"not calibrated"``."""
-    c = from_dict(meta.get("calibration"))
+    """``"31.2 ms/step (×2.60), 20.1 GFLOP/s, load 1.20 → 1.50"`` (one calibration, before), ``"before 31.2
+    ms/step (×2.60), after 25.0 (×2.08): mean ×2.34, 20.1 GFLOP/s, load 1.20 → 1.50"`` (before and after) or
+    ``"not calibrated"``."""
+    before, after = from_dict(meta.get("calibration")), from_dict(meta.get("calibration_after"))
+    c = combine(before, after)
     if c is None:
         return "not calibrated"
-    return (f"{c.ms_per_step:.1f} ms/step (×{c.speed_factor:.2f}), {c.gflops:.1f} GFLOP/s, load "
-            f"{c.load_before:.2f} → {c.load_after:.2f}")
+    rest = f"{c.gflops:.1f} GFLOP/s, load {c.load_before:.2f} → {c.load_after:.2f}"
+    if before is None or after is None:
+        return f"{c.ms_per_step:.1f} ms/step (×{c.speed_factor:.2f}), {rest}"
+    return (f"before {before.ms_per_step:.1f} ms/step (×{before.speed_factor:.2f}), after {after.ms_per_step:.1f} "
+            f"(×{after.speed_factor:.2f}): mean ×{c.speed_factor:.2f}, {rest}")
 
 
 def benchmark_section(readme: Path = ROOT / "README.md", benchmarks: Path = ROOT / "benchmarks") -> str:
@@ -107,7 +121,8 @@ def chapter_section(name: str, meta: dict[str, Any] | None, status: Status) -> s
            if reference is not None else
            f"; not calibrated (recorded before calibrations existed), so it is not judged against its budget "
            f"({'none' if budget is None else str(budget) + ' min'} at the reference speed)."),
-        f"- **Calibration** (just before the execution, `hessian_book.calibration`): {calibration_text(meta)}"
+        f"- **Calibration** (`hessian_book.calibration`, just before the execution"
+        f"{' and just after' if meta.get('calibration_after') else ''}): {calibration_text(meta)}"
         + (f"; the reference speed is {REFERENCE_MS_PER_STEP:g} ms/step."
            if meta.get("calibration") else "."),
         f"- **Code**: commit `{meta.get('code_commit')}`"
@@ -174,8 +189,9 @@ def render(*, record_dir: Path = RECORD, smoke: bool = False) -> str:
         f"Budgets are wall times on this 2-core machine at the *reference speed*: {REFERENCE_MS_PER_STEP:g} ms "
         "for one single-thread full-batch AdamW step of the grokking transformer. Each execution is preceded by a "
         "~10-second calibration (`hessian_book.calibration`: that step's median time, a float64 matmul rate, "
-        "the load), stored in the record; the wall time divided by its speed factor (measured ÷ reference) is "
-        "the time at the reference speed, which is what a budget is judged on. A record made before "
+        "the load) and followed by another, both stored in the record; the wall time divided by their mean speed "
+        "factor (measured ÷ reference) is the time at the reference speed, which is what a budget is judged on "
+        "(records made before the second calibration was taken use the one before). A record made before "
         "calibrations existed says \"not calibrated\" and is not judged.",
         "",
         "| chapter | executed | commit | wall time | calibration | at the reference speed | budget | met? "

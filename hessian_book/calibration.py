@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["REFERENCE_MS_PER_STEP", "Calibration", "calibrate", "from_dict", "print_calibration"]
+__all__ = ["REFERENCE_MS_PER_STEP", "Calibration", "calibrate", "combine", "from_dict", "print_calibration"]
 
 REFERENCE_MS_PER_STEP = 12.0  # the one-thread AdamW step at the reference speed (issue 18's budgets are at it)
 
@@ -97,6 +97,32 @@ def from_dict(values: dict[str, Any] | None) -> Calibration | None:
                        load_after=float(values["load_after"]), seconds=float(values["seconds"]),
                        n_blocks=int(values["n_blocks"]), block_steps=int(values["block_steps"]),
                        reference_ms_per_step=float(values.get("reference_ms_per_step", REFERENCE_MS_PER_STEP)))
+
+
+def combine(*calibrations: Calibration | None) -> Calibration | None:
+    """One calibration from several taken around the same timing (before and after a record): the mean of their
+    step times (so the speed factor is the mean factor), the extremes of their blocks' spreads, the mean matmul
+    rate, the first one's load before and the last one's load after; ``None`` entries (not taken) are skipped,
+    and ``None`` when none was taken.
+
+    One calibration is a 10-second sample of a machine whose speed drifts over a 40-minute record (two taken three
+    minutes apart have differed by 1.2x here); the mean of one before and one after halves that sampling error
+    for a drift that is linear in time.
+    """
+    taken = [c for c in calibrations if c is not None]
+    if not taken:
+        return None
+    if len(taken) == 1:
+        return taken[0]
+    references = {c.reference_ms_per_step for c in taken}
+    if len(references) != 1:
+        raise ValueError(f"calibrations against different reference speeds {sorted(references)} cannot be combined")
+    return Calibration(ms_per_step=statistics.fmean(c.ms_per_step for c in taken),
+                       step_spread=(min(c.step_spread[0] for c in taken), max(c.step_spread[1] for c in taken)),
+                       gflops=statistics.fmean(c.gflops for c in taken), load_before=taken[0].load_before,
+                       load_after=taken[-1].load_after, seconds=sum(c.seconds for c in taken),
+                       n_blocks=sum(c.n_blocks for c in taken), block_steps=taken[0].block_steps,
+                       reference_ms_per_step=references.pop())
 
 
 def _load() -> float:

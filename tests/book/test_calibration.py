@@ -39,6 +39,27 @@ def test_as_dict_round_trips_and_none_means_not_calibrated():
     assert cal.from_dict(None) is None and cal.from_dict({}) is None
 
 
+def test_combining_before_and_after_averages_the_step_times():
+    before = make(24.0, step_spread=(23.0, 26.0), load_before=1.0, load_after=1.2, gflops=20.0)
+    after = make(12.0, step_spread=(11.0, 13.0), load_before=2.0, load_after=2.5, gflops=30.0)
+    both = cal.combine(before, after)
+    assert both.ms_per_step == pytest.approx(18.0) and both.speed_factor == pytest.approx(1.5)
+    assert both.step_spread == (11.0, 26.0) and both.gflops == pytest.approx(25.0)
+    assert (both.load_before, both.load_after) == (1.0, 2.5)  # the first's before, the last's after
+    assert both.n_blocks == 60 and both.seconds == pytest.approx(18.0)
+    # a wall time of 30 min at a mean factor 1.5: 20 min at the reference speed (neither single factor gives it)
+    assert both.to_reference(1800.0) == pytest.approx(1200.0)
+    assert before.to_reference(1800.0) == pytest.approx(900.0) and after.to_reference(1800.0) == pytest.approx(1800.0)
+
+
+def test_combining_skips_missing_calibrations_and_refuses_different_references():
+    only = make(24.0)
+    assert cal.combine(only, None) is only and cal.combine(None, only) is only
+    assert cal.combine(None, None) is None and cal.combine() is None
+    with pytest.raises(ValueError, match="different reference speeds"):
+        cal.combine(make(24.0), make(24.0, reference_ms_per_step=10.0))
+
+
 def test_bad_arguments_are_named():
     for kw, name in ((dict(n_blocks=0), "n_blocks"), (dict(block_steps=-1), "block_steps"),
                      (dict(warmup=-1), "warmup"), (dict(max_seconds=0), "max_seconds")):

@@ -51,6 +51,30 @@ def test_a_calibrated_record_is_scaled_to_the_reference_speed_and_judged_against
     assert "50.0 min at the reference speed; budget 15 min: missed." in text
 
 
+def test_a_record_with_calibrations_before_and_after_is_judged_at_their_mean_factor():
+    both = {**meta(1800.0, calibration(24.0)), "calibration_after": calibration(12.0)}  # factors 2.0 and 1.0
+    assert reproducibility.reference_seconds(both) == pytest.approx(1200.0)  # 30 min / 1.5
+    assert reproducibility.calibration_text(both) == ("before 24.0 ms/step (×2.00), after 12.0 (×1.00): mean ×1.50, "
+                                                      "12.5 GFLOP/s, load 2.00 → 3.00")
+    text = reproducibility.chapter_section("mnist_lenet", both, rec.Status("mnist_lenet", "fresh", [], [], 1800.0))
+    assert "30.0 min of wall time, 20.0 min at the reference speed; budget 15 min: missed." in text
+    assert "just before the execution and just after" in text
+    # the one before alone (records made before the second calibration) would have judged it met: 15.0 min
+    assert reproducibility.reference_seconds(meta(1800.0, calibration(24.0))) == pytest.approx(900.0)
+
+
+def test_provenance_stores_the_calibration_taken_after_the_run():
+    import nbformat
+
+    source = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]})])
+    run = rec.Run.start("chapter", {}, None, calibration=calibration(24.0))
+    run.calibration_after = calibration(18.0)
+    out = rec.provenance(run, nbformat.v4.new_notebook(), source, 100.0)
+    assert out["calibration"]["ms_per_step"] == 24.0 and out["calibration_after"]["ms_per_step"] == 18.0
+    assert rec.provenance(rec.Run.start("chapter", {}, None), nbformat.v4.new_notebook(), source,
+                          1.0)["calibration_after"] is None
+
+
 def test_an_uncalibrated_record_says_so_and_gets_no_invented_factor():
     old = meta(1883.3, None)
     assert reproducibility.reference_seconds(old) is None
