@@ -10,7 +10,7 @@ of LeNet-tiny, a Fiedler tree, ...) is timed on one thread at one or two sizes. 
 (:mod:`hessian_book.calibration`): a full calibration is printed before and after, and each measurement is
 divided by its own speed factor, the mean of short calibrations (~1 s) just before and after it, since the load
 of a shared machine drifts within minutes. ``book/cost.py`` fits ``seconds = a + b * work`` through a unit's
-points (two points: the line through them; one point: proportional) and counts how many of each a chapter does
+points (least squares through two or more; one point: proportional) and counts how many of each a chapter does
 from its parameters. Memory-bound units (exact Hessians, eigendecompositions) slow down under a shared machine's
 load more than the calibration's small step does: measure on a quiet machine where possible.
 """
@@ -115,7 +115,10 @@ def eigen_units(points: dict) -> None:
     from hessian_core import eigendecomposition
 
     rng = np.random.default_rng(0)
-    for P in (1500, 3000):
+    # 6,000: the size the LeNet chapters use (P = 5,994); a line through 1,500 and 3,000 alone, extrapolated as P³,
+    # put LeNet's eigendecomposition at 14 s where the MNIST record measured ~9 s (LAPACK runs faster per flop on
+    # larger matrices), and the least-squares line through all three also extrapolates better to P = 19,808
+    for P in (1500, 3000, 6000):
         A = rng.standard_normal((P, P))
         A = (A + A.T) / 2
         seconds, _ = timed(lambda: eigendecomposition(A, n_top=50, n_bottom=50, progress=False))
@@ -212,9 +215,12 @@ def mlp_units(points: dict, tmp: Path) -> None:
             what="a training call's fixed cost beyond its steps (compiling the step)")
         store = stores[-1]
         state = store.load(checkpoint_name(steps))
+        # the faster of two calls: the first pays one-off set-up that a chapter's worker pays once for its ~180
+        # checkpoints (one call, as measured before, put the depth record's Hessians at 3.4x their time)
         seconds, out = timed(lambda: hessian_extremes(model, nn.CrossEntropyLoss(), split["train"], tol=1e-2,
                                                       dtype=torch.float32,
-                                                      preconditioner=adam_preconditioner(state["optimiser"])))
+                                                      preconditioner=adam_preconditioner(state["optimiser"])),
+                             repeats=2)
         add(points, "mlp_hessian_extremes", f"depth{depth}", seconds, n_train * P, P=P,
             hvps=int(out.get("n_hvp", 0)))
 
