@@ -45,7 +45,7 @@ def units():
     names = ["transformer_step", "transformer_lanczos", "transformer_slq", "transformer_progress",
              "transformer_hessian", "transformer_tree", "eigendecomposition", "eigvalsh", "lenet_sgd_step",
              "lenet_forward", "lenet_hessian", "lenet_gauss_newton", "lenet_top_eigenvalue", "lenet_lanczos_k20",
-             "lenet_trees", "lenet_draw_tree", "mlp_step", "mlp_hessian_extremes"]
+             "lenet_trees", "lenet_draw_tree", "mlp_step", "mlp_hessian_extremes", "numpy_eigvalsh"]
     return cost.Units({n: [{"work": 1e6, "seconds": 1e-3 * (i + 1)}] for i, n in enumerate(names)})
 
 
