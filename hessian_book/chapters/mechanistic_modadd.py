@@ -92,7 +92,7 @@ class Config(ChapterConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
         # the grokking and depth chapters' smoke runs in a fresh temporary directory, in this process
-        "smoke": dict(n_eigenvectors=8, n_null=50, n_test_draws=200, n_error_sims=50, n_ablation_draws=20, n_boot=200,
+        "smoke": dict(n_eigenvectors=13, n_null=50, n_test_draws=200, n_error_sims=50, n_ablation_draws=20, n_boot=200,
                       probe_widths=[16, 32], probe_seeds=[0], probe_shuffles=1, results_dir="",
                       scheduler="serial"),
     }

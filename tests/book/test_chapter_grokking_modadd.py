@@ -73,13 +73,28 @@ def test_validation_comes_before_any_work(monkeypatch):
 def test_presets_build_and_explicit_values_win():
     assert grokking_modadd.Config.from_parameters({"preset": "full"}) == grokking_modadd.Config()
     smoke = grokking_modadd.Config.from_parameters({"preset": "smoke"})
-    assert (smoke.p, smoke.d_model, smoke.n_steps, smoke.lanczos_k) == (23, 8, 300, 3)
+    assert (smoke.p, smoke.d_model, smoke.d_mlp, smoke.n_steps, smoke.lanczos_k) == (23, 32, 64, 1500, 3)
     assert smoke.scheduler == "serial" and len(smoke.runs()) == 4  # 2 initialisations, 1 more split, the control
     assert smoke.results_dir and Path(smoke.results_dir).is_dir()  # a fresh temporary directory
     overridden = grokking_modadd.Config.from_parameters({"preset": "smoke", "p": 29, "n_steps": 200,
                                                          "results_dir": "elsewhere"})
     assert (overridden.p, overridden.n_steps, overridden.results_dir) == (29, 200, "elsewhere")
-    assert overridden.d_mlp == 16 and overridden.recipe_steps == 100  # the rest from the preset
+    assert overridden.d_mlp == 64 and overridden.recipe_steps == 100  # the rest from the preset
+
+
+def test_the_smoke_presets_reference_run_groks_and_has_key_frequencies(tmp_path):
+    """The smoke preset exercises the positive branches in CI: its reference run (trained here as the smoke
+    notebook trains it: eager, on the pinned path of tests/conftest.py) memorises, generalises at least 5x later,
+    is stopped by the rule before the cap, and its neurons have key frequencies (the mechanistic smoke's)."""
+    from hessian_book.circuit import mlp_activations
+    from hessian_book.fourier import key_frequencies
+
+    config = grokking_modadd.Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path)})
+    run = grokking_modadd.main_run(config, progress=False)
+    result = grokking_modadd.run_outcome(run)
+    assert result.groks and result.ratio >= grokking_modadd.GROKS_RATIO, result
+    assert run.stopped == "rule" and run.end_step < config.n_steps
+    assert key_frequencies(mlp_activations(run.model_at(run.checkpoint_steps[-1]), config.p))
 
 
 # ------------------------------------------------------------------------------------------ readings moved here
@@ -318,8 +333,11 @@ def test_refined_checkpoints_equal_the_original_run(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- result, figures
 
-TINY = dict(preset="smoke", n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]], n_log_checkpoints=4,
-            log_grid_end=60,
+# the tiny transformer (P = 936) on top of the smoke preset, whose own model (P = 9,888) is costlier than these tests
+# (the preset's train_fraction 0.6 and init/split 2 stay: from_parameters lets a default value lose to the preset's)
+TINY_MODEL = dict(d_model=8, d_mlp=16, weight_decay=1.0, lr=3e-3)
+TINY = dict(preset="smoke", **TINY_MODEL, n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]],
+            n_log_checkpoints=4, log_grid_end=60,
             sparse_every=1000, n_replicates=1, dense_picks=["before", "after"])
 
 
@@ -480,7 +498,7 @@ def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- fan-out on Dask
 
-DASK = dict(preset="smoke", n_steps=40, n_log_checkpoints=3, log_grid_end=40, sparse_every=1000, n_replicates=1,
+DASK = dict(preset="smoke", **TINY_MODEL, n_steps=40, n_log_checkpoints=3, log_grid_end=40, sparse_every=1000, n_replicates=1,
             hessian_samples=23)
 
 
