@@ -17,8 +17,8 @@ dependency is assumed recorded first, as ``book/build.py`` orders them).
 Training that stops early (:class:`hessian_book.outcomes.StopRule`: a run stops ``max(2,000, g/4)`` steps after
 it generalises at step ``g``, capped at ``n_steps``) needs its end step before the run: it is read from the run's
 stored log when that log already reaches the stop or the cap (:func:`_stored_end`), else the grokking runs take
-``g`` from a stated prior (:data:`GROKKING_PRIOR`, the recorded runs' range) and the depth runs their cap; :attr:`Estimate.steps_source`
-says which.
+``g`` from a stated prior (:data:`GROKKING_PRIOR`, the recorded runs' range) and the depth runs their cap;
+:attr:`Estimate.steps_source` says which.
 
 Budgets (issue 18; wall time on 2 cores at the reference speed): :data:`record.GOAL_MINUTES`.
 """
@@ -180,10 +180,8 @@ def _core_checks(c, u: Units) -> tuple[dict[str, float], str]:
     return {"train": c.train_steps * u("lenet_sgd_step"),
             "hessian": _lenet_hessian(u, c.n_images),
             "rows": c.n_check_rows / 100 * u("lenet_top_eigenvalue") * c.n_images / 50,
-            # the chapter's eigendecomposition and numpy's eigvalsh, its independent reference (an older unit
-            # file has no numpy unit: torch's stands in)
-            "eig": u("eigendecomposition", P3) + (u("numpy_eigvalsh", P3) if "numpy_eigvalsh" in u.points
-                                                  else u("eigvalsh", P3)),
+            # the chapter's eigendecomposition and numpy's eigvalsh, its independent reference
+            "eig": u("eigendecomposition", P3) + u("numpy_eigvalsh", P3),
             "lanczos": c.lanczos_k / 20 * u("lenet_lanczos_k20") * c.n_images / 50}, ""
 
 
