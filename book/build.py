@@ -18,8 +18,8 @@
     python book/build.py --verify NAME --compare OLD.ipynb   # the same table for an executed notebook (e.g. an
                                               # earlier record) against record/NAME.ipynb; executes nothing
     python book/build.py --preset smoke       # every notebook with preset="smoke" (fast) into notebooks/_executed/,
-                                              # each once, in dependency order, sharing one temporary results
-                                              # folder; then the smoke book (pages carry a smoke banner)
+                                              # each once, two at a time in dependency order, sharing one
+                                              # temporary results folder; then the smoke book (smoke banners)
     python book/build.py --only core_checks   # with --preset: execute one notebook (others executed before);
                                               # without: the same as --rerun core_checks
     python book/build.py --golden             # write tests/golden/<name>.ipynb: the smoke executions (as
@@ -385,9 +385,9 @@ def _classed_table(name: str, reference: Path, other: Path, paths: tuple, labels
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Smoke executions: every chapter at preset="smoke", each executed once, in dependency order, into ONE results
-# folder (so the Fiedler and mechanistic chapters read the MNIST, grokking and depth smoke runs instead of training
-# them again); compared with the committed golden copies; the smoke book built from them.
+# Smoke executions: every chapter at preset="smoke", each executed once, two at a time in dependency order, into
+# ONE results folder (so the Fiedler and mechanistic chapters read the MNIST, grokking and depth smoke runs instead
+# of training them again); compared with the committed golden copies; the smoke book built from them.
 
 CHECKED_TAG = "nbval-check-output"  # cells whose outputs are compared as nbval compares them
 # nbval's output keys that are never compared (its defaults without --nbdime, as under --nbval-lax)
@@ -421,18 +421,127 @@ def execute_smoke(name: str, out_path: Path, results_dir: Path) -> float:
     return seconds
 
 
-def execute_smoke_all(names: list[str], out_dir: Path, results_dir: Path | None = None) -> dict[str, float]:
-    """:func:`execute_smoke` of each of ``names`` (in dependency order) into ``out_dir/<name>.ipynb``, sharing
-    ``results_dir`` (default: a new temporary folder); returns the wall times."""
+SMOKE_WORKERS = 2  # smoke executions at once: the machine's two cores (each kernel computes on one thread)
+
+
+def _smoke_task(name: str, out_path: str, results_dir: str) -> tuple[float | None, str]:
+    """:func:`execute_smoke` in a worker process: ``(seconds, "")``, or ``(None, the error)`` (an exception
+    raised by papermill does not always survive pickling back to the parent)."""
+    import traceback
+
+    try:
+        return execute_smoke(name, Path(out_path), Path(results_dir)), ""
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises it
+        return None, traceback.format_exc()
+
+
+def _smoke_priorities(names: list[str]) -> dict[str, float]:
+    """Each chapter's longest chain of smoke executions, itself and the chapters that read it, in seconds of its
+    golden copy's wall time (0 where there is none): the scheduler starts the longest chain first."""
+    own: dict[str, float] = {}
+    for name in names:
+        try:
+            own[name] = float(nbformat.read(GOLDEN / f"{name}.ipynb", as_version=4)
+                              .metadata["hessian_record"]["wall_seconds"])
+        except (OSError, KeyError, TypeError, ValueError):
+            own[name] = 0.0
+    chain: dict[str, float] = {}
+    for name in reversed(rec.execution_order(names, book=BOOK_NOTEBOOKS)):
+        readers = [n for n in names if name in rec.DEPENDS_ON.get(n, ())]
+        chain[name] = own[name] + max((chain[n] for n in readers), default=0.0)
+    return chain
+
+
+class _InProcess:
+    """A pool of one that runs each task in this process as it is submitted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def execute_smoke_parallel(names: list[str], out_dir: Path, results_dir: Path, *, workers: int | None = None,
+                           task=None) -> tuple[dict[str, float], dict[str, str]]:
+    """:func:`execute_smoke` of each of ``names`` into ``out_dir/<name>.ipynb``, sharing ``results_dir``, up to
+    ``workers`` at a time: a chapter starts once the chapters it reads (:data:`record.DEPENDS_ON`, among
+    ``names``) have finished, the longest remaining chain first. Returns the wall times and, for each chapter that
+    failed or was not executed because a chapter it reads failed, the error. ``workers`` defaults to
+    :data:`SMOKE_WORKERS`; with 1 each chapter executes in this process. ``task(name, out_path, results_dir)``
+    (default :func:`_smoke_task`; a module-level function, as it is sent to spawned processes) returns
+    ``(seconds, error)``.
+
+    The smoke kernels compute on the pinned path (one thread each) and never read what a concurrent execution
+    writes, so their results do not depend on what runs beside them; only their wall times do."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from hessian_book.numerics import pin_environment
+
+    workers = SMOKE_WORKERS if workers is None else workers
+    task = task or _smoke_task
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    pin_environment()  # before the workers start: they and their kernels inherit the path
+    os.environ.setdefault(STEP_BACKEND_ENV, SMOKE_STEP_BACKEND)
+    names = rec.execution_order(names, book=BOOK_NOTEBOOKS)
+    priority = _smoke_priorities(names)
+    seconds: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    pending = sorted(names, key=lambda n: -priority[n])
+    start = time.perf_counter()
+    pool = (_InProcess() if workers == 1 else
+            ProcessPoolExecutor(max_workers=min(workers, len(names)) or 1,
+                                mp_context=multiprocessing.get_context("spawn")))
+    with pool:
+        running: dict = {}
+        while pending or running:
+            for name in list(pending):
+                deps = [d for d in rec.DEPENDS_ON.get(name, ()) if d in names]
+                failed = [d for d in deps if d in errors]
+                if failed:
+                    errors[name] = f"not executed: the smoke execution of {', '.join(failed)} failed"
+                    pending.remove(name)
+                elif all(d in seconds for d in deps) and len(running) < workers:
+                    print(f"[smoke] {name}: executing (started {time.strftime('%H:%M:%S')})", flush=True)
+                    running[pool.submit(task, name, str(Path(out_dir) / f"{name}.ipynb"),
+                                        str(results_dir))] = name
+                    pending.remove(name)
+            if not running:
+                if pending:  # cannot happen without a cycle in DEPENDS_ON
+                    raise RuntimeError(f"no smoke execution can start: {pending}")
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                value, error = future.result()
+                if error:
+                    errors[name] = error
+                    print(f"[smoke] {name}: FAILED", flush=True)
+                else:
+                    seconds[name] = value
+                    print(f"[smoke] {name}: done in {_clock(value)} (load {os.getloadavg()[0]:.1f}); "
+                          f"{_clock(time.perf_counter() - start)} elapsed", flush=True)
+    return seconds, errors
+
+
+def execute_smoke_all(names: list[str], out_dir: Path, results_dir: Path | None = None, *,
+                      workers: int | None = None) -> dict[str, float]:
+    """:func:`execute_smoke_parallel` of ``names`` into ``out_dir/<name>.ipynb``, sharing ``results_dir``
+    (default: a new temporary folder); returns the wall times, or raises on the first failed chapter."""
     results_dir = Path(results_dir) if results_dir else Path(tempfile.mkdtemp(prefix="smoke-results-"))
     print(f"smoke executions share the results folder {results_dir}", flush=True)
-    seconds: dict[str, float] = {}
-
-    def action(name):
-        seconds[name] = execute_smoke(name, Path(out_dir) / f"{name}.ipynb", results_dir)
-        return seconds[name]
-
-    run_with_progress(rec.execution_order(names, book=BOOK_NOTEBOOKS), {}, action)
+    seconds, errors = execute_smoke_parallel(names, out_dir, results_dir, workers=workers)
+    if errors:
+        raise RuntimeError("smoke executions failed:\n" + "\n".join(f"{n}: {e}" for n, e in errors.items()))
     return seconds
 
 

@@ -1,7 +1,8 @@
 """Every smoke notebook executed once per test session and compared, glued value by glued value, with its golden copy.
 
-Each chapter is executed at ``preset="smoke"`` exactly once (``book/build.py``'s :func:`execute_smoke`), the chapters
-it reads first (``record.DEPENDS_ON``: ``mnist_lenet`` and ``grokking_modadd`` before ``fiedler_lenet``;
+Each chapter is executed at ``preset="smoke"`` exactly once (``book/build.py``'s :func:`execute_smoke`), two at a
+time on worker processes (:func:`build.execute_smoke_parallel`: the smoke kernels compute on one thread each, and
+the machine has two cores), the chapters it reads first (``record.DEPENDS_ON``: ``mnist_lenet`` and ``grokking_modadd`` before ``fiedler_lenet``;
 ``grokking_modadd`` and ``mlp_depth_modadd`` before ``mechanistic_modadd``), all into ONE results folder of the
 session, so the MNIST, grokking and depth smoke runs are trained once and the Fiedler and mechanistic chapters read
 them. The executed notebooks go to ``notebooks/_executed/``, where ``book/build.py --from-executed`` (CI's next
@@ -43,38 +44,65 @@ CHAPTERS = rec.execution_order(build.BOOK_NOTEBOOKS, book=build.BOOK_NOTEBOOKS)
 
 
 class SmokeSession:
-    """Executes each chapter at most once per test session, its dependencies first, into one results folder.
+    """Executes each chapter at most once per test session into one results folder: on the first request, every
+    chapter the session's selected smoke tests ask for (and the chapters they read), two at a time in dependency
+    order (:func:`build.execute_smoke_parallel`).
 
     A chapter whose execution failed is not executed again: it and the chapters depending on it fail with the
     original error."""
 
-    def __init__(self, out_dir: Path, results_dir: Path):
+    def __init__(self, out_dir: Path, results_dir: Path, wanted: list[str] | None = None):
         self.out_dir, self.results_dir = out_dir, results_dir
+        self.wanted = list(wanted) if wanted else list(CHAPTERS)
         self.seconds: dict[str, float] = {}
-        self.errors: dict[str, BaseException] = {}
+        self.errors: dict[str, str] = {}
+
+    def _execute(self, names: list[str]) -> None:
+        todo = set(names)
+        while True:  # and what they read
+            more = {d for n in todo for d in rec.DEPENDS_ON.get(n, ()) if d in build.BOOK_NOTEBOOKS} - todo
+            if not more:
+                break
+            todo |= more
+        todo -= set(self.seconds) | set(self.errors)
+        for name in rec.execution_order(list(todo), book=build.BOOK_NOTEBOOKS):
+            failed = [d for d in rec.DEPENDS_ON.get(name, ()) if d in self.errors]
+            if failed:  # a chapter this one reads failed earlier in the session
+                self.errors[name] = f"not executed: the smoke execution of {', '.join(failed)} failed"
+                todo.discard(name)
+        if not todo:
+            return
+        start = time.perf_counter()
+        seconds, errors = build.execute_smoke_parallel(sorted(todo), self.out_dir, self.results_dir)
+        self.seconds.update(seconds)
+        self.errors.update(errors)
+        print(f"\nsmoke executions of {len(todo)} chapters: {time.perf_counter() - start:.1f} s "
+              f"({sum(seconds.values()):.1f} s one after another; load {os.getloadavg()[0]:.1f}): "
+              + ", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()))
 
     def executed(self, name: str) -> Path:
-        for dependency in rec.DEPENDS_ON.get(name, ()):
-            if dependency in build.BOOK_NOTEBOOKS:
-                self.executed(dependency)
+        self._execute(self.wanted + [name])
         if name in self.errors:
-            raise RuntimeError(f"the smoke execution of {name} failed: {self.errors[name]}") from self.errors[name]
-        path = self.out_dir / f"{name}.ipynb"
-        if name not in self.seconds:
-            try:
-                self.seconds[name] = build.execute_smoke(name, path, self.results_dir)
-            except BaseException as error:
-                self.errors[name] = error
-                raise
-            print(f"\n{name}: smoke execution {self.seconds[name]:.1f} s (load {os.getloadavg()[0]:.1f})")
-        return path
+            raise RuntimeError(f"the smoke execution of {name} failed:\n{self.errors[name]}")
+        return self.out_dir / f"{name}.ipynb"
+
+
+def _wanted(session) -> list[str]:
+    """The chapters this session's selected smoke tests of this file execute (all, if a test reads them all)."""
+    wanted: set[str] = set()
+    for item in session.items:
+        if Path(str(item.fspath)) != Path(__file__) or "smoke" not in getattr(item, "fixturenames", ()):
+            continue
+        name = getattr(getattr(item, "callspec", None), "params", {}).get("name")
+        wanted.update([name] if name in CHAPTERS else CHAPTERS)
+    return sorted(wanted)
 
 
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> SmokeSession:
+def smoke(request, tmp_path_factory) -> SmokeSession:
     # Notebooks run with cwd notebooks/: the data location must be absolute (as book/build.py sets it).
     os.environ.setdefault("MNIST_DATA_DIR", str(ROOT / "data" / "mnist"))
-    return SmokeSession(build.EXECUTED, tmp_path_factory.mktemp("smoke-results"))
+    return SmokeSession(build.EXECUTED, tmp_path_factory.mktemp("smoke-results"), _wanted(request.session))
 
 
 def _problems(name: str, rows, path_note: str) -> str:
@@ -314,6 +342,7 @@ def test_golden_and_preset_smoke_execute_each_chapter_once_in_dependency_order_s
         tmp_path, monkeypatch, flag, target):
     calls = []
     monkeypatch.setattr(build, "execute", _fake_execute(calls))
+    monkeypatch.setattr(build, "SMOKE_WORKERS", 1)  # in this process, where the stand-in is
     monkeypatch.setattr(build, target, tmp_path)
     monkeypatch.setenv("MNIST_DATA_DIR", os.environ.get("MNIST_DATA_DIR", ""))  # build.main rewrites it
     build.main([flag, "smoke", "--no-book"] if flag == "--preset" else [flag])
@@ -333,7 +362,7 @@ def test_from_executed_builds_smoke_pages_without_executing_and_refuses_a_mixed_
     monkeypatch.setattr(build, "EXECUTED", tmp_path)
     monkeypatch.setenv("MNIST_DATA_DIR", os.environ.get("MNIST_DATA_DIR", ""))
     monkeypatch.setattr(build, "execute", _fake_execute([]))
-    build.execute_smoke_all(build.BOOK_NOTEBOOKS, tmp_path, tmp_path / "results")
+    build.execute_smoke_all(build.BOOK_NOTEBOOKS, tmp_path, tmp_path / "results", workers=1)
     monkeypatch.setattr(build, "execute", lambda *a, **k: pytest.fail("--from-executed executes nothing"))
     build.main(["--from-executed", "--no-book"])
     for name in build.BOOK_NOTEBOOKS:
@@ -356,8 +385,10 @@ def test_smoke_session_executes_each_chapter_once_after_its_dependencies(tmp_pat
         return 1.0
 
     monkeypatch.setattr(build, "execute_smoke", fake)
-    session = SmokeSession(tmp_path, tmp_path / "results")
+    monkeypatch.setattr(build, "SMOKE_WORKERS", 1)  # in this process, where the stand-in is
+    session = SmokeSession(tmp_path, tmp_path / "results", wanted=["mnist_lenet"])
     session.executed("mnist_lenet")
+    assert [name for name, _ in calls] == ["mnist_lenet"]  # only what the selected tests ask for
     with pytest.raises(RuntimeError, match="diverged"):
         session.executed("grokking_modadd")
     for dependent in ("fiedler_lenet", "mechanistic_modadd"):  # each names the failed dependency, not re-executed
@@ -367,3 +398,49 @@ def test_smoke_session_executes_each_chapter_once_after_its_dependencies(tmp_pat
     session.executed("mnist_lenet")
     assert [name for name, _ in calls] == ["mnist_lenet", "grokking_modadd", "mlp_depth_modadd"]
     assert {folder for _, folder in calls} == {tmp_path / "results"}
+    calls.clear()
+    everything = SmokeSession(tmp_path / "all", tmp_path / "results-all")
+    everything.executed("core_checks")  # the first request executes every chapter (but grokking's readers)
+    assert sorted(name for name, _ in calls) == sorted(set(CHAPTERS) - {"fiedler_lenet", "mechanistic_modadd"})
+    assert sorted(everything.errors) == ["fiedler_lenet", "grokking_modadd", "mechanistic_modadd"]
+
+
+def test_smoke_executions_run_two_at_a_time_each_after_what_it_reads(tmp_path, monkeypatch):
+    """The scheduler on worker processes (a stand-in task that sleeps and logs): every chapter once, never more
+    than two at once, two at once some of the time, each started after the chapters it reads ended; a failed
+    chapter's readers are not executed and say why."""
+    from tests.book import smoke_stand_in
+
+    monkeypatch.setenv("SMOKE_STAND_IN_SECONDS", "1.0")
+    (tmp_path / "results").mkdir()
+    start = time.perf_counter()
+    seconds, errors = build.execute_smoke_parallel(CHAPTERS, tmp_path, tmp_path / "results", workers=2,
+                                                   task=smoke_stand_in.task)
+    wall = time.perf_counter() - start
+    assert errors == {} and sorted(seconds) == sorted(CHAPTERS)
+    log = [json.loads(line) for line in (tmp_path / "results" / "log.jsonl").read_text().splitlines()]
+    assert sorted(entry["name"] for entry in log) == sorted(CHAPTERS)
+    pids = {entry["pid"] for entry in log}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes, not this one
+    events = sorted([(e["end"], -1) for e in log] + [(e["start"], 1) for e in log])
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 2
+    when = {e["name"]: e for e in log}
+    for name, dependencies in rec.DEPENDS_ON.items():
+        assert all(when[d]["end"] <= when[name]["start"] for d in dependencies)
+    assert wall < sum(seconds.values())  # the point of it: less than one after another
+
+    monkeypatch.setenv("SMOKE_STAND_IN_SECONDS", "0.1")
+    monkeypatch.setenv("SMOKE_STAND_IN_FAIL", "grokking_modadd")
+    (tmp_path / "again").mkdir()
+    seconds, errors = build.execute_smoke_parallel(CHAPTERS, tmp_path, tmp_path / "again", workers=2,
+                                                   task=smoke_stand_in.task)
+    assert errors["grokking_modadd"] == "grokking_modadd failed on purpose"
+    for reader in ("fiedler_lenet", "mechanistic_modadd"):
+        assert "grokking_modadd failed" in errors[reader] and reader not in seconds
+    assert sorted(seconds) == sorted(set(CHAPTERS) - {"grokking_modadd", "fiedler_lenet", "mechanistic_modadd"})
+    with pytest.raises(ValueError, match="workers"):
+        build.execute_smoke_parallel(CHAPTERS, tmp_path, tmp_path / "again", workers=0)
