@@ -25,6 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "book"))
 
+from hessian_book.numerics import pin_environment  # noqa: E402
+
+pin_environment()  # before torch is imported: the records' and the unit costs' numerical path (HESSIAN_UNPINNED=1:
+# the CPU's own)
+
 import cost  # noqa: E402
 import record as rec  # noqa: E402
 

@@ -1922,6 +1922,7 @@ def explorer(result: Result) -> dict:
     k = result.config.lanczos_k
     figure = explorer_figure(
         explorer_runs(result), n_gaps=EXPLORER_GAPS, curves_log_y=True,
-        spectrum_title=f"the {k} smallest and {k} largest eigenvalues (Lanczos), not the bulk",
-        counts_title=f"n(ε) of those {2 * k} values (one gap stands for the unseen bulk)")
+        # short: two titles of ~40 characters fit side by side (longer ones ran into each other)
+        spectrum_title=f"the {k} smallest and {k} largest λ (Lanczos)",
+        counts_title=f"n(ε) of these {2 * k} λ; the bulk is one gap")
     return figure

@@ -763,6 +763,11 @@ def _run(config: Config, *, progress: bool | None) -> Result:
     norms_embed = fourier_norms(W_E, p).numpy()
     # without key frequencies the tests still run, on the embedding's strongest frequencies (and say so)
     analysed = list(key) or stand_in_frequencies(norms_embed, N_STAND_IN)
+    if c.n_eigenvectors < 2 * len(analysed) + 1:  # known only now; before any curvature is computed
+        raise checks.ConfigError(
+            f"n_eigenvectors={c.n_eigenvectors} must be >= {2 * len(analysed) + 1} for this run: it has "
+            f"{len(analysed)} frequencies to test ({', '.join(map(str, analysed))}), each a plane of two "
+            "eigenvectors, and the test needs one eigenvalue past the last plane")
     norms_unembed = fourier_norms(model.W_U.detach().double().T, p).numpy()
     init = main.model_at(0)
     planes, ratios = {}, {}
@@ -970,7 +975,7 @@ def _mechanistic_test(config: Config, main, picks: dict, analysed: list[int], ba
     # The planted planes' eigenpairs and the top two of the dense bulk below them (P values in [0, floor)): the
     # test needs a value past the last plane to see that plane end, but Lanczos cannot separate the bulk's members
     # to 1e-8 (at the default 20 pairs it resolved 16 within its cap), and the controls are not about the bulk.
-    k_planted = min(c.n_eigenvectors, 2 * len(planted_key) + 2) if planted_key else c.n_eigenvectors
+    k_planted = 2 * len(planted_key) + 2  # whatever n_eigenvectors is: this operator's products are cheap
     for structure, name, must in ((True, "planted key planes (positive)", "yes"),
                                   (False, "planted random planes (negative)", "no")):
         op = planted_curvature_operator(model_after, planted_key, block="W_E", structure=structure, seed=g.seed)

@@ -210,6 +210,18 @@ def test_smoke_controls_answer_as_they_must(smoke):
     assert len(result.subsample["cosines"]) == config.n_eigenvectors
 
 
+def test_too_few_eigenvectors_for_the_runs_key_frequencies_is_a_config_error(smoke, monkeypatch):
+    """Validation cannot know how many key frequencies a run has; once known, and before any curvature is
+    computed, too few eigenvectors for their planes is an error naming the parameter (the run is read, not
+    trained again)."""
+    config, _ = smoke
+    monkeypatch.setattr(mechanistic_modadd, "key_frequencies", lambda acts: [1, 2, 3, 4])  # 4 planes: 9 vectors
+    for name in ("_top_hessian", "_eigenpairs"):
+        monkeypatch.setattr(mechanistic_modadd, name, lambda *a, **k: pytest.fail("curvature before the check"))
+    with pytest.raises(ConfigError, match=r"n_eigenvectors=8 must be >= 9 .*4 frequencies to test \(1, 2, 3, 4\)"):
+        mechanistic_modadd.run(config, progress=False)
+
+
 def test_eigenpairs_read_the_grokking_chapters_dense_spectrum_where_it_exists(tmp_path):
     """A stored full spectrum of the grokking chapter is read instead of Lanczos, and agrees with Lanczos."""
     config = Config.from_parameters({"preset": "smoke", "results_dir": str(tmp_path), "n_eigenvectors": 7,
