@@ -2,9 +2,9 @@
 
 Each chapter is executed at ``preset="smoke"`` exactly once (``book/build.py``'s :func:`execute_smoke`), two at a
 time on worker processes (:func:`build.execute_smoke_parallel`: the smoke kernels compute on one thread each, and
-the machine has two cores), the chapters it reads first (``record.DEPENDS_ON``: ``mnist_lenet`` and ``grokking_modadd`` before ``fiedler_lenet``;
-``grokking_modadd`` and ``mlp_depth_modadd`` before ``mechanistic_modadd``), all into ONE results folder of the
-session, so the MNIST, grokking and depth smoke runs are trained once and the Fiedler and mechanistic chapters read
+the machine has two cores), the chapters it reads first (``record.DEPENDS_ON``: ``mnist_lenet`` and
+``grokking_modadd`` before ``fiedler_lenet``; ``grokking_modadd`` and ``mlp_depth_modadd`` before
+``mechanistic_modadd``), all into ONE results folder of the session, so the MNIST, grokking and depth smoke runs are trained once and the Fiedler and mechanistic chapters read
 them. The executed notebooks go to ``notebooks/_executed/``, where ``book/build.py --from-executed`` (CI's next
 step) builds the smoke book from them without executing anything again.
 
@@ -17,7 +17,8 @@ same cells are compared by nbval's own rule, every cell must execute without an 
 nbval does), and every glued value is compared too. A change that moves a number fails here unless its golden
 copy changes in the same commit (``python book/build.py --golden``).
 
-Deselect these (the slow part of the suite) with ``-m "not smoke"``.
+Deselect these (the slow part of the suite) with ``-m "not smoke"``. pytest's slowest-tests list charges every
+execution to the first smoke test that asks for one; ``-s`` prints each chapter's own wall time.
 """
 
 from __future__ import annotations
