@@ -156,8 +156,10 @@ class Config(ChapterConfig):
         if self.n_error_sims < 20:
             raise checks.ConfigError(f"n_error_sims={self.n_error_sims} must be >= 20")
         if self.n_eigenvectors < 2 * N_STAND_IN + 1:
-            raise checks.ConfigError(f"n_eigenvectors={self.n_eigenvectors} must be >= {2 * N_STAND_IN + 1} (the "
-                                     "planted control needs a pair per frequency and one eigenvalue below)")
+            raise checks.ConfigError(f"n_eigenvectors={self.n_eigenvectors} must be >= {2 * N_STAND_IN + 1} (a run "
+                                     f"without key frequencies is tested on {N_STAND_IN} stand-ins: a plane of two "
+                                     "eigenvectors each and one eigenvalue past the last; a run with more key "
+                                     "frequencies is checked once they are known)")
         checks.positive_float("probe_ridge", self.probe_ridge)
         checks.fraction("probe_fraction", self.probe_fraction)
         checks.int_list("probe_widths", self.probe_widths, minimum=1)

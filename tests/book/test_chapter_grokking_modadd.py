@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hessian_book.chapters import grokking_modadd  # noqa: E402
 from hessian_book.config import ConfigError  # noqa: E402
 from hessian_book.store import ResultStore  # noqa: E402
+from tests.cases import TINY_TRANSFORMER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -333,9 +334,7 @@ def test_refined_checkpoints_equal_the_original_run(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- result, figures
 
-# the tiny transformer (P = 936) on top of the smoke preset, whose own model (P = 9,888) is costlier than these tests
-# (the preset's train_fraction 0.6 and init/split 2 stay: from_parameters lets a default value lose to the preset's)
-TINY_MODEL = dict(d_model=8, d_mlp=16, weight_decay=1.0, lr=3e-3)
+TINY_MODEL = TINY_TRANSFORMER  # tests/cases.py: the tiny transformer on top of the smoke preset
 TINY = dict(preset="smoke", **TINY_MODEL, n_steps=60, recipe_steps=20, recipe_configs=[[8, 1, None, 1.0]],
             n_log_checkpoints=4, log_grid_end=60,
             sparse_every=1000, n_replicates=1, dense_picks=["before", "after"])
@@ -498,8 +497,8 @@ def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- fan-out on Dask
 
-DASK = dict(preset="smoke", **TINY_MODEL, n_steps=40, n_log_checkpoints=3, log_grid_end=40, sparse_every=1000, n_replicates=1,
-            hessian_samples=23)
+DASK = dict(preset="smoke", **TINY_MODEL, n_steps=40, n_log_checkpoints=3, log_grid_end=40, sparse_every=1000,
+            n_replicates=1, hessian_samples=23)
 
 
 def test_runs_fan_out_to_a_dask_cluster_with_the_serial_results(tmp_path):

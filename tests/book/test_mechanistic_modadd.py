@@ -19,13 +19,10 @@ from hessian_book.config import ConfigError
 from hessian_book.fourier import fourier_basis
 from hessian_book.mechanism import block_slices, frequency_rows, token_subspace_basis
 from hessian_book.runs import modadd_mlp_run
+from tests.cases import TINY_TRANSFORMER
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "mechanistic_modadd.md"
-# the tiny grokking transformer (P = 936) on top of the grokking smoke preset, whose own model (P = 9,888, the one
-# the smoke notebook reads) is costlier than these tests need
-# (seed, split_seed and train_fraction at their defaults cannot override the preset through from_parameters: the
-# fixture sets them with dataclasses.replace)
-TINY_GROKKING = dict(d_model=8, d_mlp=16, weight_decay=1.0, lr=3e-3, n_steps=300)
+TINY_GROKKING = dict(TINY_TRANSFORMER, n_steps=300)  # tests/cases.py
 
 
 def test_presets_build_and_pass_down_to_the_chapters_read():
