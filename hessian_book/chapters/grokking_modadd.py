@@ -58,7 +58,7 @@ __all__ = ["Config", "RunSpec", "main_run", "train_run", "hessian_batch", "run_h
            "analysis_stores", "run", "plot_recipes",
            "plot_main_run", "plot_replication", "plot_progress_measures", "plot_spike", "plot_summary",
            "plot_spectrum_evolution", "plot_density", "plot_dendrograms", "dendrogram_gif", "plot_cluster_counts",
-           "plot_gap_barcode", "plot_phases", "explorer_runs", "explorer"]
+           "plot_gap_barcode", "plot_phases", "explorer_runs", "explorer_spec", "explorer"]
 
 _DENSE_PICKS = ("before", "during", "after", "final")
 PHASES = ("plateau", "transition", "after")
@@ -1912,17 +1912,25 @@ def explorer_runs(result: Result) -> list:
     return runs
 
 
-def explorer(result: Result) -> dict:
-    """The checkpoint explorer of every run (:func:`hessian_book.explorer.explorer_figure`; a dropdown selects the
-    run, a slider its checkpoint): the Lanczos extremes at the checkpoint on a signed-log axis, n(ε) of those
-    ``2k`` values, and the run's losses and progress measures (log y) with a line at the checkpoint's step.
-    Show it with :func:`hessian_book.explorer.display_explorer`."""
+def explorer_spec(result: Result) -> dict:
+    """The plotly figure (a ``dict``) that :func:`explorer` shows (:func:`hessian_book.explorer.explorer_figure`;
+    a dropdown selects the run, a slider its checkpoint): the Lanczos extremes at the checkpoint on a signed-log
+    axis, n(ε) of those ``2k`` values, and the run's losses and progress measures (log y) with a line at the
+    checkpoint's step."""
     from ..explorer import explorer_figure
 
     k = result.config.lanczos_k
-    figure = explorer_figure(
+    return explorer_figure(
         explorer_runs(result), n_gaps=EXPLORER_GAPS, curves_log_y=True,
         # short: two titles of ~40 characters fit side by side (longer ones ran into each other)
         spectrum_title=f"the {k} smallest and {k} largest λ (Lanczos)",
         counts_title=f"n(ε) of these {2 * k} λ; the bulk is one gap")
-    return figure
+
+
+def explorer(result: Result):
+    """The checkpoint explorer of the page (``IPython.display.HTML``, as :func:`mnist_lenet.explorer
+    <hessian_book.chapters.mnist_lenet.explorer>`) of :func:`explorer_spec`; the page check moves the slider to
+    the first and last checkpoints (:data:`hessian_book.explorer.FIRST_AND_LAST`)."""
+    from ..explorer import FIRST_AND_LAST, display_explorer
+
+    return display_explorer(explorer_spec(result), checks=FIRST_AND_LAST)

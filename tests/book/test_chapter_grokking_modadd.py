@@ -2,6 +2,9 @@
 parameter, presets), the curve readings it moved out of the notebook, the transition picks the Fiedler chapter
 shares, its stores and its result."""
 
+import html
+import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -433,7 +436,7 @@ def test_explorer_shows_every_runs_lanczos_extremes_at_every_checkpoint(tiny):
     import plotly.graph_objects as go
 
     config, result = tiny
-    figure = grokking_modadd.explorer(result)
+    figure = grokking_modadd.explorer_spec(result)
     go.Figure(figure)  # a valid plotly figure
     k, runs = config.lanczos_k, result.runs
     assert len(figure["frames"]) == sum(len(r.checkpoints) for r in runs)
@@ -475,11 +478,20 @@ def test_explorer_glue_is_what_its_first_and_last_frames_show(tiny):
     assert glued["explorer_lmax_last"] == reference.extremes[-1].max()
     assert isinstance(glued["explorer_step_last"], int) and isinstance(glued["explorer_lmax_last"], float)
     pytest.importorskip("plotly")
-    frames = {f["name"]: f["data"] for f in grokking_modadd.explorer(result)["frames"]}
+    frames = {f["name"]: f["data"] for f in grokking_modadd.explorer_spec(result)["frames"]}
     for which, t in (("first", 0), ("last", len(reference.checkpoints) - 1)):
         spectrum, *_, marker = frames[f"run0-ckpt{t}"]
         assert _decode(spectrum["customdata"]).max() == glued[f"explorer_lmax_{which}"]  # bit for bit
         assert _decode(marker["x"]).tolist() == [glued[f"explorer_step_{which}"]] * 2
+    # the page's element: that figure, with the checks the browser test makes at its first and last checkpoints
+    from hessian_book.explorer import FIRST_AND_LAST
+
+    fragment = grokking_modadd.explorer(result).data
+    (checks,) = re.findall(r"data-checks='([^']*)'", fragment)
+    assert json.loads(html.unescape(checks)) == [dict(c) for c in FIRST_AND_LAST]
+    assert set(c[k] for c in FIRST_AND_LAST for k in ("step", "lambda_max")) <= set(glued)
+    n_frames = sum(len(r.checkpoints) for r in result.runs)
+    assert len(re.findall(r'"name":\s*"run\d+-ckpt\d+"', fragment)) == n_frames
 
 
 def test_analysis_stores_are_children_keyed_by_their_own_parameters(tmp_path):
