@@ -69,6 +69,7 @@ __all__ = ["FOURIER_BLOCKS", "block_slices", "token_subspace_basis", "random_tok
            "frequency_scores", "circuit_statistics", "frequency_set_draws", "EXACT_SETS", "non_key_draws",
            "CircuitTest", "circuit_test", "circuit_tests",
            "block_of_top_vectors", "planted_eigenpairs", "planted_curvature_operator", "decision_error_rates",
+           "PLANTED_GAP", "MAX_PLANTED_PAIRS",
            "hessian_top_eigenpairs", "principal_cosines"]
 
 #: The per-token blocks that have a Fourier subspace, with the axis that indexes the tokens.
@@ -1054,13 +1055,28 @@ def _frequency_plane(model: ModAddTransformer, block: str, k: int, direction: Te
                                                                    direction.reshape(-1, 1))
 
 
+#: Gap between consecutive planted eigenvalue pairs (and at least that below the last one in
+#: :func:`planted_eigenpairs`): three times the largest ε of :data:`EPS_GRID`.
+PLANTED_GAP = 0.15
+#: Most key frequencies a planted spectrum holds with every pair separated by :data:`PLANTED_GAP` above 0.
+MAX_PLANTED_PAIRS = 6
+
+
+def _check_planted_key(key: list[int]) -> None:
+    if not 1 <= len(key) <= MAX_PLANTED_PAIRS:
+        raise ValueError(f"key={key!r} must hold 1 to {MAX_PLANTED_PAIRS} frequencies (planted pairs at 1, 0.85, "
+                         "..., each 0.15 apart and above 0)")
+
+
 def planted_eigenpairs(model: ModAddTransformer, key, *, block: str, k: int, strength: float = 1.0,
                        structure: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Top eigenpairs ``(values [k] descending, vectors [P, k])`` with a known answer, in ``block``.
 
-    The eigenvalues are one exactly degenerate pair per key frequency, at 1, 0.85, 0.7, … (gaps 0.15 > every ε of
-    :data:`EPS_GRID`), then ``k − 2|K|`` eigenvalues spread geometrically below 0.4. With ``structure`` the pair of
-    frequency k spans a plane inside k's subspace (cos_k ⊗ u, sin_k ⊗ u, a random residual direction u, turned by a
+    The eigenvalues are one exactly degenerate pair per key frequency, at 1, 0.85, 0.7, … (gaps
+    :data:`PLANTED_GAP` = 0.15 > every ε of :data:`EPS_GRID`), then ``k − 2|K|`` eigenvalues spread geometrically
+    down from ``min(0.4, 1 − 0.15 |K|)``, a gap of at least 0.15 below the last pair (at most
+    :data:`MAX_PLANTED_PAIRS` = 6 key frequencies: a seventh pair would sit at 0.1, the rest at or below 0). With
+    ``structure`` the pair of frequency k spans a plane inside k's subspace (cos_k ⊗ u, sin_k ⊗ u, a random residual direction u, turned by a
     random rotation inside the pair, as a Ritz solver would return it), mixed with a random block direction at
     weight ``1 − strength`` (``strength = 1``: exactly in the plane; every vector is then orthonormalised in rank
     order); the other vectors are random. Without ``structure`` every vector is a Haar-random orthonormal frame of
@@ -1069,14 +1085,17 @@ def planted_eigenpairs(model: ModAddTransformer, key, *, block: str, k: int, str
     if not 0 <= strength <= 1:
         raise ValueError(f"strength={strength!r} must lie in [0, 1]")
     key = sorted({int(x) for x in key})
+    _check_planted_key(key)
     if k < 2 * len(key) + 1:
         raise ValueError(f"k={k} must exceed 2|key| = {2 * len(key)} (a truncated cluster is not read)")
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     sl = block_slices(model)[block]
     n_block, P = sl.stop - sl.start, sum(p_.numel() for p_ in model.parameters())
-    values = np.concatenate([np.repeat(1.0 - 0.15 * np.arange(len(key)), 2),
-                             0.4 * np.geomspace(1, 0.05, k - 2 * len(key))])
+    # the rest starts a full gap below the last pair (at five key frequencies it once started at the fifth pair's
+    # 0.4, making a three-fold cluster of that pair and a random vector)
+    values = np.concatenate([np.repeat(1.0 - PLANTED_GAP * np.arange(len(key)), 2),
+                             min(0.4, 1.0 - PLANTED_GAP * len(key)) * np.geomspace(1, 0.05, k - 2 * len(key))])
     noise = torch.randn(n_block, k, generator=gen, dtype=torch.float64)
     if structure:
         columns = []
@@ -1098,19 +1117,25 @@ def planted_eigenpairs(model: ModAddTransformer, key, *, block: str, k: int, str
     return values, vectors
 
 
-def planted_curvature_operator(model: ModAddTransformer, key, *, block: str, floor: float = 0.3,
+def planted_curvature_operator(model: ModAddTransformer, key, *, block: str, floor: float | None = None,
                                structure: bool = True, seed: int = 0) -> LinearOperator:
     """A curvature matrix on the model's parameters whose top eigenspaces are *provably* the key frequencies'
     planes: ``H = Σ_i λ_i Π_i + (I − Π) D (I − Π)`` with ``Π_i`` the projector onto the plane of key frequency i in
     ``block`` (cos ⊗ u_i, sin ⊗ u_i; λ_i = 1, 0.85, …), ``Π = Σ Π_i``, and ``D`` diagonal with entries uniform in
-    [0, ``floor``). Each ``Π_i`` plane is an eigenspace of H with eigenvalue λ_i (H Π_i = λ_i Π_i, since the planes
-    are orthogonal to each other and to the range of the second term), and every other eigenvalue is below
-    ``floor`` < every λ_i; so the top ε-clusters, for ε below the gaps 0.15, are exactly the planes. Without
+    [0, ``floor``) (default ``min(0.3, λ_last − 0.1)``; at most ``λ_last − 0.1``, twice the largest ε of
+    :data:`EPS_GRID`, with ``λ_last`` the last plane's value; at most :data:`MAX_PLANTED_PAIRS` planes). Each
+    ``Π_i`` plane is an eigenspace of H with eigenvalue λ_i (H Π_i = λ_i Π_i, since the planes are orthogonal to
+    each other and to the range of the second term), and every other eigenvalue is below ``floor``; so the top
+    ε-clusters, for ε below the gaps (0.15 between planes, ≥ 0.1 below the last), are exactly the planes. Without
     ``structure`` the planes are random 2-planes of the block (the same spectrum, no frequency structure).
     ``LinearOperator [P, P]``."""
     key = sorted({int(x) for x in key})
-    if not 0 < floor < 1 - 0.15 * (len(key) - 1):
-        raise ValueError(f"floor={floor!r} must lie below the smallest planted eigenvalue")
+    _check_planted_key(key)
+    last = 1.0 - PLANTED_GAP * (len(key) - 1)
+    floor = min(0.3, last - 0.1) if floor is None else floor
+    if not 0 < floor <= last - 0.1 + 1e-12:
+        raise ValueError(f"floor={floor!r} must lie in (0, {last - 0.1:.2f}]: 0.1 below the smallest planted "
+                         f"eigenvalue {last:.2f}")
     gen = torch.Generator().manual_seed(seed)
     sl = block_slices(model)[block]
     P = sum(p_.numel() for p_ in model.parameters())

@@ -287,10 +287,10 @@ def test_probes_separate_linear_labels_and_not_random_ones():
 
 # ---- the mechanistic test: subspace-level alignment, the permutation null, controls, error rates ---------------
 
-from hessian_book.mechanism import (CIRCUIT_TESTS, EPS_GRID, circuit_test, circuit_tests,  # noqa: E402
-                                    decision_error_rates, eigen_clusters, frequency_alignment, frequency_set_draws,
-                                    hessian_top_eigenpairs, planted_curvature_operator, planted_eigenpairs,
-                                    principal_cosines)
+from hessian_book.mechanism import (CIRCUIT_TESTS, EPS_GRID, MAX_PLANTED_PAIRS, PLANTED_GAP,  # noqa: E402
+                                    circuit_test, circuit_tests, decision_error_rates, eigen_clusters,
+                                    frequency_alignment, frequency_set_draws, hessian_top_eigenpairs,
+                                    planted_curvature_operator, planted_eigenpairs, principal_cosines)
 from hessian_core import lanczos  # noqa: E402
 
 CKEYS = [3, 7, 9]  # three key frequencies of the 11 at p = 23: 165 sets, so the permutation null is exact
@@ -336,6 +336,38 @@ def test_truncated_cluster_is_not_read(small):
     values[-2:] = values[-3]                                       # the last cluster now holds the k-th value
     c = eigen_clusters(values, vectors, small, "W_E", 0.02)
     assert all(9 not in m for m in c.members)
+
+
+@pytest.mark.parametrize("n_key", range(1, MAX_PLANTED_PAIRS + 1))
+def test_planted_spectra_separate_every_pair_from_the_next_and_from_the_rest(small, n_key):
+    """At every key-set size the controls use (the chapter plants up to six of the reference run's frequencies):
+    each pair exactly degenerate and PLANTED_GAP from the next, the rest a full gap below the last pair (at five
+    frequencies it once began at the fifth pair's value), so the clusters at every ε of the grid are the pairs;
+    the planted operator's other eigenvalues 0.1 or more below its last plane (computed densely)."""
+    key = [1, 2, 4, 5, 7, 10][:n_key]
+    values, vectors = planted_eigenpairs(small, key, block="W_E", k=2 * n_key + 3, seed=0)
+    pairs, rest = values[:2 * n_key], values[2 * n_key:]
+    assert np.array_equal(pairs[0::2], pairs[1::2])
+    gaps = -np.diff(np.r_[pairs[0::2], rest[0]])
+    assert gaps.min() >= PLANTED_GAP - 1e-12 and rest.min() > 0, (pairs, rest)
+    for eps in EPS_GRID:
+        c = eigen_clusters(values, vectors, small, "W_E", eps)
+        assert [sorted(m) for m in c.members[:n_key]] == [[2 * i, 2 * i + 1] for i in range(n_key)]
+    op = planted_curvature_operator(small, key, block="W_E", seed=0)
+    dense = op.matmat(np.eye(op.shape[0]))
+    spectrum = np.linalg.eigvalsh((dense + dense.T) / 2)[::-1]
+    assert np.allclose(spectrum[:2 * n_key], np.repeat(1 - PLANTED_GAP * np.arange(n_key), 2), atol=1e-10)
+    assert spectrum[2 * n_key] <= spectrum[2 * n_key - 1] - 0.1 + 1e-10
+
+
+def test_a_planted_spectrum_holds_at_most_six_pairs(small):
+    key = [1, 2, 3, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="key="):
+        planted_eigenpairs(small, key, block="W_E", k=20)
+    with pytest.raises(ValueError, match="key="):
+        planted_curvature_operator(small, key, block="W_E")
+    with pytest.raises(ValueError, match="floor="):  # closer to the last plane than twice the largest ε
+        planted_curvature_operator(small, [1, 2], block="W_E", floor=0.8)
 
 
 @pytest.mark.parametrize("eps", EPS_GRID)
