@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cost_units.py             # writes benchmarks/cost_units.json (a few minutes)
     python benchmarks/bench_cost_units.py --out FILE
+    python benchmarks/bench_cost_units.py --only mechanistic   # re-measure one group into the existing file
 
 Each unit operation the chapters repeat (an AdamW step of the grokking transformer or of a depth-chapter MLP, one
 checkpoint's Lanczos extremes / SLQ / progress measures, an exact Hessian, a dense eigendecomposition, an SGD step
@@ -231,6 +232,54 @@ def mlp_units(points: dict, tmp: Path) -> None:
             hvps=int(out.get("n_hvp", 0)))
 
 
+def mechanistic_units(points: dict, tmp: Path) -> None:
+    """The mechanistic chapter's solves and tests, each as the chapter calls it, at its smoke preset's transformer
+    (p 23, d 32, MLP 64, 30 pairs, 13 eigenvectors) and at its defaults' (p 113, d 32, MLP 128, 200 pairs, 20),
+    on a model trained 300 steps (a grokked model's spectrum converges at its own pace: bench_estimates.py says
+    how far that carries)."""
+    from hessian_book.data import modular_addition_split
+    from hessian_book.mechanism import (CURVATURES, EPS_GRID, block_of_top_vectors, circuit_tests,
+                                        curvature_eigenpairs, decision_error_rates, hessian_top_eigenpairs,
+                                        planted_curvature_operator)
+    from hessian_book.models import ModAddTransformer, n_parameters
+    from hessian_book.store import ResultStore
+    from hessian_book.training import split_evaluator, train_full_batch_adamw
+    from hessian_core import lanczos
+
+    # (label, p, d_model, d_mlp, hessian samples, eigenvectors, test draws, lr, weight decay)
+    for label, p, d, m, n_h, k, n_draws, lr, wd in (("smoke", 23, 32, 64, 30, 13, 200, 6e-3, 1.5),
+                                                    ("default", 113, 32, 128, 200, 20, 1000, 1e-3, 0.5)):
+        split = modular_addition_split(p, 0.3, 0)
+        model = ModAddTransformer(p, d, 1, m, 0)
+        P = n_parameters(model)
+        train_full_batch_adamw(model, *split["train"], store=ResultStore(str(tmp), f"mech_units_{label}", {}),
+                               n_steps=300, checkpoint_steps=[300], lr=lr, weight_decay=wd,
+                               log_steps=range(0, 301, 100), evaluate=split_evaluator(split["train"], split["test"]))
+        batch = tuple(t[:n_h] for t in split["train"])
+        for matrix in CURVATURES:  # the chapter's curvature eigenpairs at a pick, tol 1e-5 (its lanczos_tol)
+            seconds, out = timed(lambda: curvature_eigenpairs(model, batch, matrix, k=k, tol=1e-5))
+            add(points, f"mechanistic_{matrix}", label, seconds, n_h * P * k, P=P, k=k, products=int(out.products))
+        seconds, (values, vectors) = timed(lambda: hessian_top_eigenpairs(model, batch, k, tol=1e-5))
+        add(points, "mechanistic_top", label, seconds, n_h * P * k, P=P, k=k)
+        key = [1, 2, 3, 5, 8]  # five key frequencies (the reference run's: five to six)
+        block = block_of_top_vectors(vectors, model)
+        seconds, _ = timed(lambda: circuit_tests(values, vectors, model, key, block=block, eps_grid=EPS_GRID,
+                                                 n_draws=n_draws))
+        # work 1: a call's cost depends on the null's size (at p = 23 all C(11, 5) = 462 sets, at p = 113 the
+        # n_draws sampled ones) and the cluster reading, not on n_draws alone; the two presets' mean prices a call
+        add(points, "mechanistic_circuit_test", label, seconds / len(EPS_GRID), 1, P=P, n_draws=n_draws,
+            what="one circuit_test (one eps)")
+        n_sims = 5  # the chapter's 50 (smoke) / 200: each simulation is one test per strength and one null
+        seconds, _ = timed(lambda: decision_error_rates(model, key, block=block, k=k, n_sims=n_sims,
+                                                        n_draws=n_draws, eps=0.02, strengths=(1.0, 0.7, 0.5)))
+        add(points, "mechanistic_error_sim", label, seconds / (4 * n_sims), n_draws, P=P,
+            what="one simulated test (planted eigenpairs, clusters, the test) with n_draws null draws")
+        op = planted_curvature_operator(model, key, block="W_E", structure=True)
+        seconds, _ = timed(lambda: lanczos(op, 2 * len(key) + 2, which="largest", tol=1e-8, max_iter=4000,
+                                           return_vectors=True, progress=False))
+        add(points, "mechanistic_planted", label, seconds, P, P=P, what="one planted control's Lanczos")
+
+
 def add(points: dict, unit: str, label: str, seconds: float, work: float, **extra) -> None:
     """Store a point measured by the last :func:`timed` call (its speed factor scales it to the reference)."""
     factor = _FACTORS[-1]
@@ -259,12 +308,29 @@ WORK = {
     "transformer_first_call": "n_train * P (a training call's fixed cost: compiling its step where compiled)",
     "mlp_first_call": "n_train * P (a training call's fixed cost: compiling its step where compiled)",
     "mlp_hessian_extremes": "n_train * P (λ_max, λ_min and Adam's preconditioned λ_max, tol 1e-2, float32)",
+    **{f"mechanistic_{m}": "hessian_samples * P * n_eigenvectors (curvature_eigenpairs, tol 1e-5)"
+       for m in ("hessian", "gauss_newton", "block_hessian", "gradient_covariance")},
+    "mechanistic_top": "hessian_samples * P * n_eigenvectors (hessian_top_eigenpairs, tol 1e-5)",
+    "mechanistic_circuit_test": "1 (one circuit_test at one eps; the mean of the smoke and default presets' calls)",
+    "mechanistic_error_sim": "n_test_draws (one simulated test of decision_error_rates)",
+    "mechanistic_planted": "P (one planted control's Lanczos, tol 1e-8, cap 4,000 products)",
 }
+
+
+#: The measured groups, in the order a full run takes them (``--only`` names some).
+GROUPS = {"transformer": transformer_units, "mlp": mlp_units, "eigen": lambda points, tmp: eigen_units(points),
+          "lenet": lambda points, tmp: lenet_units(points),
+          "fiedler_transformer": lambda points, tmp: fiedler_transformer_units(points),
+          "mechanistic": mechanistic_units}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", choices=sorted(GROUPS), nargs="+",
+                        help="measure these groups only and replace their units in the existing --out file (the "
+                             "other units and the file's calibrations are kept; the run's own are stored under "
+                             "'updates')")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
@@ -273,13 +339,21 @@ def main() -> None:
     points: dict = {}
     started = time.perf_counter()
     with threadpool_limits(limits=1), tempfile.TemporaryDirectory() as tmp:
-        transformer_units(points, Path(tmp))
-        mlp_units(points, Path(tmp))
-        eigen_units(points)
-        lenet_units(points)
-        fiedler_transformer_units(points)
+        for group in args.only or GROUPS:
+            GROUPS[group](points, Path(tmp))
     measured = time.perf_counter() - started
     after = print_calibration()
+    if args.only:
+        out = json.loads(args.out.read_text())
+        out["units"].update(points)
+        out["work"] = WORK
+        out.setdefault("updates", []).append(dict(
+            groups=args.only, units=sorted(points), calibration_before=before.as_dict(),
+            calibration_after=after.as_dict(), seconds=round(measured, 1), pinned=not unpinned_requested(),
+            torch=torch.__version__))
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"updated {len(points)} units of {args.out} ({measured:.0f} s of measurements)")
+        return
     out = dict(
         about="Unit costs of book/cost.py, seconds at the reference speed (hessian_book.calibration): each "
               "measured time divided by its own speed factor, the mean of short calibrations just before and "

@@ -469,6 +469,13 @@ class _InProcess:
         return future
 
 
+def dependency_failed(name: str, errors: dict[str, str]) -> str | None:
+    """The error of ``name`` when a chapter it reads (:data:`record.DEPENDS_ON`) has an entry in ``errors``: it is
+    then not executed (``None`` when none has)."""
+    failed = [d for d in rec.DEPENDS_ON.get(name, ()) if d in errors]
+    return f"not executed: the smoke execution of {', '.join(failed)} failed" if failed else None
+
+
 def execute_smoke_parallel(names: list[str], out_dir: Path, results_dir: Path, *, workers: int | None = None,
                            task=None) -> tuple[dict[str, float], dict[str, str]]:
     """:func:`execute_smoke` of each of ``names`` into ``out_dir/<name>.ipynb``, sharing ``results_dir``, up to
@@ -506,9 +513,9 @@ def execute_smoke_parallel(names: list[str], out_dir: Path, results_dir: Path, *
         while pending or running:
             for name in list(pending):
                 deps = [d for d in rec.DEPENDS_ON.get(name, ()) if d in names]
-                failed = [d for d in deps if d in errors]
-                if failed:
-                    errors[name] = f"not executed: the smoke execution of {', '.join(failed)} failed"
+                skipped = dependency_failed(name, errors)
+                if skipped:
+                    errors[name] = skipped
                     pending.remove(name)
                 elif all(d in seconds for d in deps) and len(running) < workers:
                     print(f"[smoke] {name}: executing (started {time.strftime('%H:%M:%S')})", flush=True)

@@ -10,7 +10,8 @@ goes to the first free worker; the estimate is that schedule's length.
 
 How each unit's cost grows with size (its *work*) is written beside it in the JSON; a unit measured at two sizes
 is the line through them, one measured at one size is proportional to its work. What is *not* modelled: notebook
-start-up, figures and statistics (seconds to a minute per chapter), the spread of Lanczos iteration counts over
+start-up, figures and statistics (seconds to a minute per chapter; the mechanistic test's nulls and simulated error rates
+are priced), the spread of Lanczos iteration counts over
 training (a unit was measured at one checkpoint), and anything a chapter reads from another's stores (a
 dependency is assumed recorded first, as ``book/build.py`` orders them).
 
@@ -402,40 +403,57 @@ def _grokking_modadd(c, u: Units) -> tuple[dict[str, float], str]:
 
 
 def _mechanistic_modadd(c, u: Units) -> tuple[dict[str, float], str]:
+    from hessian_book.chapters.mechanistic_modadd import TEST_PICKS
     from hessian_book.models import ModAddMLP, n_parameters
 
     g, d = c.grokking, c.depth
     P, n_train = _transformer_size(g)
+    k = c.n_eigenvectors
     # a forward pass over all p² pairs: a third of a training step's forward, backward and update on them
     forward = u("transformer_step", g.p * g.p * P) / 3
-    # curvature eigenpairs: the Hessian at a pick the grokking chapter computed densely is read from its store
-    lanczos = u("transformer_lanczos", g.hessian_samples * P * c.n_eigenvectors)
-    relative = {"hessian": 1.0, "block_hessian": 1.0, "gauss_newton": 0.5, "gradient_covariance": 0.1}
-    curvature = 0.0
-    for pick in c.picks:
-        for m in c.matrices:
-            if m == "hessian" and pick in g.dense_picks:
-                continue
-            curvature += relative.get(m, 1.0) * lanczos
+    # curvature eigenpairs, each as the chapter calls it (bench_cost_units.py: mechanistic_<matrix>); the Hessian at
+    # a pick the grokking chapter computed densely is read from its store. The units were measured on a model
+    # trained 300 steps: at a model that fits its training set (train loss ~1e-7) the Hessian's Lanczos can reach its
+    # cap and fall back to a dense solve (measured at the smoke preset's final state: 10,888 products, ~140 s at the
+    # reference speed, against 1.4 s here), which this does not foresee
+    work = g.hessian_samples * P * k
+    curvature = sum(u(f"mechanistic_{m}", work) for pick in c.picks for m in c.matrices
+                    if not (m == "hessian" and pick in g.dense_picks))
     n_grok = sum(s.role == "grok" for s in g.runs())
+    # the mechanistic test: the top eigenpairs of every run of the recipe at each test pick, of the control at those
+    # picks and of the untrained model, and on the whole training set at "after" (the reference run's "after" on
+    # its subsample is one of the first); each read by circuit_tests (one test per ε), as are the two planted
+    # controls (one Lanczos each); then the decision's error rates, four simulated tests per simulation (the null
+    # and three strengths)
+    n_top = (n_grok + 1) * len(TEST_PICKS) + 1
+    test_calls = (n_top + 4) * len(c.eps_grid)  # and the two planted controls, the whole set and its subsample
+    test = (n_top * u("mechanistic_top", work) + u("mechanistic_top", n_train * P * k)
+            + 2 * u("mechanistic_planted", P) + test_calls * u("mechanistic_circuit_test")
+            + 4 * c.n_error_sims * u("mechanistic_error_sim", c.n_test_draws))
     # ablations: per pick and matrix the cluster's (and its random nulls' where the chapter has them), the key and
-    # random frequency sets of W_E and W_U, and W_E's in every run of the recipe; the permutation nulls and error
-    # simulations of the mechanistic test work on stored eigenvectors (numpy) and are not modelled
+    # random frequency sets of W_E and W_U, and W_E's in every run of the recipe
     forwards = (len(c.picks) * len(c.matrices) * (getattr(c, "n_ablation_null", 0) + 2)
                 + (2 + n_grok) * (c.n_ablation_draws + 2))
-    mlp_tasks = []
+    mlp_tasks, sources = [], set()
     n_mlp = round(d.train_fraction * d.p * d.p)
+    recipe, rule = c.probe_recipe(), _stop_rule(d)
     for w in sorted(c.probe_widths, reverse=True):
         for s in c.probe_seeds:
             if c.probe_depth in d.depths and w == d.width and s in d.seeds:
                 continue  # the depth chapter's run, read from its store
+            # a run stops by the depth chapter's rule: its end from its stored log, else the cap
+            fields = {name: recipe[name] for name in ("p", "depth", "train_fraction", "split_seed", "lr",
+                                                       "weight_decay")} | dict(width=w, seed=s)
+            end = _stored_end(c.results_dir, "mechanistic_modadd_mlp", fields, rule, d.n_steps)
+            sources.add("run logs" if end is not None else "the cap n_steps")
             P_w = n_parameters(ModAddMLP(d.p, c.probe_depth, w, d.input_encoding, s))
-            mlp_tasks.append(d.n_steps * u("mlp_step", n_mlp * P_w))
+            mlp_tasks.append((d.n_steps if end is None else end) * u("mlp_step", n_mlp * P_w))
     compiling = sum(u.optional("mlp_first_call", n_mlp * n_parameters(ModAddMLP(d.p, c.probe_depth, w,
                                                                                  d.input_encoding, 0)))
                     for w in set(c.probe_widths))  # once per architecture (in each worker; the pool's length)
+    source = ("MLP runs: steps from " + " + ".join(sorted(sources))) if sources else ""
     return {"circuit and causal checks": forwards * forward, "curvature eigenpairs": curvature,
-            "MLP runs": makespan(mlp_tasks, _workers(c)) + compiling}, "MLP runs train n_steps of the depth chapter"
+            "mechanistic test": test, "MLP runs": makespan(mlp_tasks, _workers(c)) + compiling}, source
 
 
 def _mlp_depth_modadd(c, u: Units) -> tuple[dict[str, float], str]:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "book"))
 import cost  # noqa: E402
 import record as rec  # noqa: E402
 
-from hessian_book.chapters import grokking_modadd, mlp_depth_modadd, mnist_lenet  # noqa: E402
+from hessian_book.chapters import grokking_modadd, mechanistic_modadd, mlp_depth_modadd, mnist_lenet  # noqa: E402
 
 
 def test_a_unit_is_the_line_through_its_points_or_proportional_to_one():
@@ -45,7 +45,10 @@ def units():
     names = ["transformer_step", "transformer_lanczos", "transformer_slq", "transformer_progress",
              "transformer_hessian", "transformer_tree", "eigendecomposition", "eigvalsh", "lenet_sgd_step",
              "lenet_forward", "lenet_hessian", "lenet_gauss_newton", "lenet_top_eigenvalue", "lenet_lanczos_k20",
-             "lenet_trees", "lenet_draw_tree", "mlp_step", "mlp_hessian_extremes", "numpy_eigvalsh"]
+             "lenet_trees", "lenet_draw_tree", "mlp_step", "mlp_hessian_extremes", "numpy_eigvalsh",
+             "mechanistic_hessian", "mechanistic_gauss_newton", "mechanistic_block_hessian",
+             "mechanistic_gradient_covariance", "mechanistic_top", "mechanistic_circuit_test",
+             "mechanistic_error_sim", "mechanistic_planted"]
     return cost.Units({n: [{"work": 1e6, "seconds": 1e-3 * (i + 1)}] for i, n in enumerate(names)})
 
 
@@ -140,3 +143,54 @@ def test_the_estimate_of_a_smoke_run_is_within_the_stated_factor_of_its_calibrat
     result = bench_estimates.compare(name, results_dir=str(tmp_path), quick=True)
     factor = bench_estimates.SMOKE_FACTOR
     assert 1 / factor <= result.ratio <= factor, result.line()
+
+
+def _mechanistic(tmp, **kw):
+    return mechanistic_modadd.Config(**{"results_dir": str(tmp), "grokking": grok(results_dir=str(tmp)),
+                                        "depth": mlp_depth_modadd.Config(results_dir=str(tmp)), **kw})
+
+
+def test_mechanistic_estimate_prices_its_test_solves_and_simulations(tmp_path, units):
+    c = _mechanistic(tmp_path)
+    base = cost.estimate("mechanistic_modadd", c, units=units)
+    assert set(base.parts) == {"circuit and causal checks", "curvature eigenpairs", "mechanistic test", "MLP runs"}
+    assert math.isclose(base.seconds, sum(base.parts.values())) and base.parts["mechanistic test"] > 0
+    n_grok = sum(s.role == "grok" for s in c.grokking.runs())
+    work = c.grokking.hessian_samples * cost._transformer_size(c.grokking)[0] * c.n_eigenvectors
+    for name, changed in (("n_test_draws", 2000), ("n_error_sims", 400), ("n_eigenvectors", 30),
+                          ("eps_grid", [0.01, 0.02, 0.05, 0.1])):
+        more = cost.estimate("mechanistic_modadd", dataclasses.replace(c, **{name: changed}), units=units)
+        assert more.parts["mechanistic test"] > base.parts["mechanistic test"], name
+    # each run of the recipe left out saves its top eigenpairs and its tests (one per ε) at every test pick
+    fewer_runs = _mechanistic(tmp_path, grokking=grok(results_dir=str(tmp_path), n_replicates=2))
+    dropped = n_grok - sum(s.role == "grok" for s in fewer_runs.grokking.runs())
+    saved = base.parts["mechanistic test"] - cost.estimate("mechanistic_modadd", fewer_runs,
+                                                           units=units).parts["mechanistic test"]
+    assert dropped > 0 and saved == pytest.approx(dropped * len(mechanistic_modadd.TEST_PICKS) * (
+        units("mechanistic_top", work) + len(c.eps_grid) * units("mechanistic_circuit_test")))
+    # curvature: one solve per pick and matrix, but the Hessian at the grokking chapter's dense picks is read
+    picks = list(c.picks)
+    assert base.parts["curvature eigenpairs"] == pytest.approx(sum(
+        units(f"mechanistic_{m}", work) for p in picks for m in c.matrices
+        if not (m == "hessian" and p in c.grokking.dense_picks)))
+    assert "MLP runs: steps from the cap n_steps" in base.steps_source
+
+
+def test_a_stored_mlp_log_shortens_the_mechanistic_mlp_runs(tmp_path, units):
+    from hessian_book.store import ResultStore
+    from hessian_book.training import checkpoint_name
+
+    c = _mechanistic(tmp_path, probe_widths=[16], probe_seeds=[0])
+    capped = cost.estimate("mechanistic_modadd", c, units=units)
+    recipe = c.probe_recipe()
+    store = ResultStore(str(tmp_path), "mechanistic_modadd_mlp", dict(
+        p=recipe["p"], depth=recipe["depth"], width=16, input_encoding=recipe["input_encoding"],
+        train_fraction=recipe["train_fraction"], split_seed=recipe["split_seed"], seed=0, lr=recipe["lr"],
+        weight_decay=recipe["weight_decay"], betas=recipe["betas"], log_every=recipe["log_every"],
+        step_backend="eager"))
+    log = [{"step": s, "train_acc": 1.0, "test_acc": 1.0 if s >= 1000 else 0.1}
+           for s in range(0, 20001, c.depth.log_every)]
+    store.save(checkpoint_name(20000), {"log": log})
+    stopped = cost.estimate("mechanistic_modadd", c, units=units)
+    assert "run logs" in stopped.steps_source
+    assert stopped.parts["MLP runs"] < capped.parts["MLP runs"]

@@ -67,9 +67,9 @@ class SmokeSession:
             todo |= more
         todo -= set(self.seconds) | set(self.errors)
         for name in rec.execution_order(list(todo), book=build.BOOK_NOTEBOOKS):
-            failed = [d for d in rec.DEPENDS_ON.get(name, ()) if d in self.errors]
-            if failed:  # a chapter this one reads failed earlier in the session
-                self.errors[name] = f"not executed: the smoke execution of {', '.join(failed)} failed"
+            skipped = build.dependency_failed(name, self.errors)  # a chapter it reads failed earlier
+            if skipped:
+                self.errors[name] = skipped
                 todo.discard(name)
         if not todo:
             return
