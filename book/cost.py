@@ -10,10 +10,10 @@ goes to the first free worker; the estimate is that schedule's length.
 
 How each unit's cost grows with size (its *work*) is written beside it in the JSON; a unit measured at two sizes
 is the line through them, one measured at one size is proportional to its work. What is *not* modelled: notebook
-start-up, figures and statistics (seconds to a minute per chapter; the mechanistic test's nulls and simulated error rates
-are priced), the spread of Lanczos iteration counts over
-training (a unit was measured at one checkpoint), and anything a chapter reads from another's stores (a
-dependency is assumed recorded first, as ``book/build.py`` orders them).
+start-up, figures and statistics (seconds to a minute per chapter; the mechanistic test's nulls and simulated
+error rates are priced), the spread of Lanczos iteration counts over training (a unit was measured at one
+checkpoint, of a model trained briefly: a trained model's solves can take far longer), and anything a chapter
+reads from another's stores (a dependency is assumed recorded first, as ``book/build.py`` orders them).
 
 Training that stops early (:class:`hessian_book.outcomes.StopRule`: a run stops ``max(2,000, g/4)`` steps after
 it generalises at step ``g``, capped at ``n_steps``) needs its end step before the run: it is read from the run's

@@ -1076,10 +1076,10 @@ def planted_eigenpairs(model: ModAddTransformer, key, *, block: str, k: int, str
     :data:`PLANTED_GAP` = 0.15 > every ε of :data:`EPS_GRID`), then ``k − 2|K|`` eigenvalues spread geometrically
     down from ``min(0.4, 1 − 0.15 |K|)``, a gap of at least 0.15 below the last pair (at most
     :data:`MAX_PLANTED_PAIRS` = 6 key frequencies: a seventh pair would sit at 0.1, the rest at or below 0). With
-    ``structure`` the pair of frequency k spans a plane inside k's subspace (cos_k ⊗ u, sin_k ⊗ u, a random residual direction u, turned by a
-    random rotation inside the pair, as a Ritz solver would return it), mixed with a random block direction at
-    weight ``1 − strength`` (``strength = 1``: exactly in the plane; every vector is then orthonormalised in rank
-    order); the other vectors are random. Without ``structure`` every vector is a Haar-random orthonormal frame of
+    ``structure`` the pair of frequency k spans a plane inside k's subspace (cos_k ⊗ u, sin_k ⊗ u, a random
+    residual direction u, turned by a random rotation inside the pair, as a Ritz solver would return it), mixed
+    with a random block direction at weight ``1 − strength`` (``strength = 1``: exactly in the plane; every vector
+    is then orthonormalised in rank order); the other vectors are random. Without ``structure`` every vector is a Haar-random orthonormal frame of
     the block: the same eigenvalues, no frequency structure (the rotated null).
     """
     if not 0 <= strength <= 1:
