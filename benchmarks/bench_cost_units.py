@@ -235,8 +235,8 @@ def mlp_units(points: dict, tmp: Path) -> None:
 def mechanistic_units(points: dict, tmp: Path) -> None:
     """The mechanistic chapter's solves and tests, each as the chapter calls it, at its smoke preset's transformer
     (p 23, d 32, MLP 64, 30 pairs, 13 eigenvectors) and at its defaults' (p 113, d 32, MLP 128, 200 pairs, 20),
-    on a model trained 300 steps (a grokked model's spectrum converges at its own pace: bench_estimates.py says
-    how far that carries)."""
+    on a model trained 300 steps. A trained model's solves can cost far more (at the smoke run's final state the
+    Hessian's Lanczos reached its cap and fell back to a dense solve): bench_estimates.py says how far these carry."""
     from hessian_book.data import modular_addition_split
     from hessian_book.mechanism import (CURVATURES, EPS_GRID, block_of_top_vectors, circuit_tests,
                                         curvature_eigenpairs, decision_error_rates, hessian_top_eigenpairs,
@@ -261,7 +261,7 @@ def mechanistic_units(points: dict, tmp: Path) -> None:
             add(points, f"mechanistic_{matrix}", label, seconds, n_h * P * k, P=P, k=k, products=int(out.products))
         seconds, (values, vectors) = timed(lambda: hessian_top_eigenpairs(model, batch, k, tol=1e-5))
         add(points, "mechanistic_top", label, seconds, n_h * P * k, P=P, k=k)
-        key = [1, 2, 3, 5, 8]  # five key frequencies (the reference run's: five to six)
+        key = [1, 2, 3, 5, 8]  # five key frequencies, as many as the recorded reference run has (6, 13, 26, 36, 56)
         block = block_of_top_vectors(vectors, model)
         seconds, _ = timed(lambda: circuit_tests(values, vectors, model, key, block=block, eps_grid=EPS_GRID,
                                                  n_draws=n_draws))
